@@ -1,0 +1,40 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make run    set up .venv, then run the whole pipeline on the embedded default (digits)
+#   make test   set up .venv, then run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Snakemake and DVC run `python -m lq ...`: the venv must come first on PATH.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup run test test-all dag dvc.yaml check lint bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	snakemake --cores 8 all
+
+test: setup
+	python -m pytest -q
+
+# everything, including the slow fault-injection runs
+test-all: setup
+	python -m pytest -q -m ""
+
+# the stage graph, as both tools see it
+dag: setup
+	snakemake --rulegraph --quiet all
+	dvc dag
+
+dvc.yaml: setup
+	python -m lq.pipeline write
+
+lint: setup
+	python -m lq.pipeline check
+	snakemake --lint

@@ -1,0 +1,178 @@
+"""Load, resolve and validate `params.yaml`.
+
+Parameters live in one file. A preset (`preset: paper`) overlays `presets.<name>` on the top-level
+values, so the paper configuration is one switch away. Command-line overrides (`--set key=value`,
+used by the Snakefile to pass each rule exactly its resolved keys) come last. The result is checked
+against `workflow/schemas/params.schema.yaml`, and a rejected value is reported with its key, its
+value and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from lq.errors import LqError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+
+
+@cache
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    """The params JSON schema (YAML on disk)."""
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, turning syntax errors into messages with the file name."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LqError(f"{path}: parameter file not found") from None
+    except yaml.YAMLError as exc:
+        raise LqError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise LqError(f"{path}: expected a mapping of parameters, got {type(data).__name__}")
+    return data
+
+
+def get_key(config: Mapping, key: str) -> Any:
+    """`config['a']['b']` for key 'a.b'."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise LqError(f"parameter '{key}' is missing from params.yaml")
+        node = node[part]
+    return node
+
+
+def has_key(config: Mapping, key: str) -> bool:
+    try:
+        get_key(config, key)
+    except LqError:
+        return False
+    return True
+
+
+def set_key(config: dict, key: str, value: Any) -> None:
+    """Set 'a.b' in a nested dict, creating intermediate mappings."""
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise LqError(f"cannot set '{key}': '{part}' is not a section")
+    node[last] = value
+
+
+def deep_merge(base: dict, override: Mapping) -> dict:
+    """A copy of `base` with `override` merged in; nested mappings merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b=VALUE' with VALUE in YAML syntax (so 3, 0.25, true, [10, 20] and strings all work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise LqError(f"override '{text}' must look like key=value, e.g. split.num_tasks=3")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise LqError(f"override '{text}': value is not valid YAML: {exc}") from None
+
+
+def resolve(raw: Mapping, overrides: Iterable[tuple[str, Any]] = ()) -> dict:
+    """Apply the selected preset, then the overrides, then validate."""
+    config = dict(raw)
+    overrides = list(overrides)
+    preset = dict(overrides).get("preset", config.get("preset"))
+    presets = config.get("presets") or {}
+    if preset not in presets:
+        raise LqError(
+            f"params.yaml: preset = {preset!r} is not defined; allowed: {sorted(presets)} "
+            "(add it under `presets:`)"
+        )
+    config = deep_merge(config, presets[preset] or {})
+    for key, value in overrides:
+        set_key(config, key, value)
+    validate(config)
+    return config
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    hint = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if error.validator == "required":
+        return f"{key}: {error.message} (params.yaml must set every parameter)"
+    if error.validator == "additionalProperties":
+        return f"{key}: {error.message} (check the spelling against params.yaml)"
+    value = json.dumps(error.instance) if not isinstance(error.instance, dict) else "a mapping"
+    allowed = f"; allowed: {hint}" if hint else ""
+    return f"{key} = {value} is invalid: {error.message}{allowed}"
+
+
+def validate(config: Mapping, schema: Mapping | None = None) -> None:
+    """Raise LqError listing every invalid key (all of them, not just the first)."""
+    validator = jsonschema.Draft202012Validator(schema or load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise LqError("invalid parameters:\n  " + "\n  ".join(_describe(e) for e in errors))
+
+
+def validate_all_presets(raw: Mapping) -> None:
+    """Check every preset resolves to a valid configuration, so a typo in `paper` fails early."""
+    for name in raw.get("presets") or {}:
+        try:
+            resolve(raw, [("preset", name)])
+        except LqError as exc:
+            raise LqError(f"preset '{name}': {exc}") from None
+
+
+def load(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> dict:
+    """Read, resolve and validate a params file; `overrides` are 'key=value' strings."""
+    return resolve(read_yaml(path), [parse_override(o) for o in overrides])
+
+
+class StageParams(Mapping):
+    """The read-only view of the parameters one stage declared in the stage table.
+
+    Reading an undeclared key raises, so a stage cannot depend on a parameter that Snakemake and
+    DVC do not track for it (which would make them skip a rerun that is needed).
+    """
+
+    def __init__(self, config: Mapping, keys: Iterable[str], stage: str):
+        self._stage = stage
+        self._values = {key: copy.deepcopy(get_key(config, key)) for key in keys}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            raise KeyError(
+                f"stage '{self._stage}' read '{key}' but does not declare it in "
+                "workflow/stages.yaml; add it to the stage's params"
+            )
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def section(self, prefix: str) -> dict[str, Any]:
+        """The declared keys under 'prefix.' as a flat dict without the prefix."""
+        return {k[len(prefix) + 1 :]: v for k, v in self._values.items() if k.startswith(prefix + ".")}

@@ -1,0 +1,1 @@
+"""Quantization in three tiers: pure functions, straight-through autograd, thin modules."""

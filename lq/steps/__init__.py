@@ -1,0 +1,48 @@
+"""Stage entry points: parse paths and the stage's parameters, call a typed `lq` function.
+
+Every step is run as `python -m lq <step> [paths] --params params.yaml [--set key=value ...]`.
+The step sees only the keys the stage table declares for it (`lq.config.StageParams`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from lq import config as lqconfig
+from lq.errors import LqError
+from lq.pipeline import stage_by_name
+
+log = logging.getLogger("lq")
+
+STEPS = ("download", "split", "replay", "count")
+
+
+def parser_for(step: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every step shares."""
+    parser = argparse.ArgumentParser(prog=f"python -m lq {step}", description=description)
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a parameter, e.g. --set split.num_tasks=5 (repeatable)",
+    )
+    return parser
+
+
+def load_stage_params(step: str, args: argparse.Namespace) -> lqconfig.StageParams:
+    """Validate the whole parameter file, then expose only this stage's declared keys."""
+    config = lqconfig.load(args.params, args.overrides)
+    return lqconfig.StageParams(config, stage_by_name(step).params, step)
+
+
+def run(step: str, body: Callable[[], None]) -> int:
+    """Run a step body; user errors print one clear line (no traceback) and exit 2."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {step}: %(message)s", datefmt="%H:%M:%S")
+    try:
+        body()
+    except LqError as exc:
+        print(f"lq {step}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,17 @@
+# Shared set-up: validate params.yaml (with the preset applied) and load the stage table.
+
+from snakemake.utils import validate
+
+from lq import config as lqconfig
+from lq.errors import LqError
+from lq.pipeline import load_table
+
+try:
+    PARAMS = lqconfig.resolve(config)
+    lqconfig.validate_all_presets(config)
+except LqError as exc:
+    raise WorkflowError(str(exc)) from None
+validate(PARAMS, "../schemas/params.schema.yaml")
+
+PARAMS_FILE, STAGES = load_table()
+FINAL_OUTPUTS = [path for stage in STAGES for path in stage.out_paths]
