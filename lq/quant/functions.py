@@ -1,0 +1,111 @@
+"""Fake-quantization as pure functions: tensor in, tensor on a k-bit grid out.
+
+Every function takes the bit width as data. 32 bits returns the input itself (no copy); 1 bit is
+a sign for weights ({-1, +1}, 0 -> +1) and {0, 1} for activations; 2..8 bits are k-bit grids;
+any other width raises `LqError`. Rounding uses the straight-through estimator (`ste.py`), so
+gradients pass through the grid and are zero only where a value is clamped.
+
+Weight grids (ProxQ, ProxQ-CDF, DoReFa) share one symmetric grid in [-1, 1] with exactly 2^k
+levels, no zero level:
+
+    {2 i / (2^k - 1) - 1 : i = 0 .. 2^k - 1}      e.g. k = 2: {-1, -1/3, 1/3, 1}
+
+ProxQ (LifeQuant's proximal quantization space) standardises the weight tensor first, so the
+grid does not drift when the weights do: x_hat = (w - mean) / std * (r / 4), std unbiased, then
+`2 q_k(clamp((x_hat + 1) / 2, 0, 1)) - 1`. The reference code instead rounds `x_hat (2^k - 1)`
+without clamping; every standardised weight beyond the grid's end then gets a level of its own
+(and the grid's step is half of ours), so a "4-bit" tensor can hold far more than 16 values and
+its storage size is understated. lq clamps, which keeps every k-bit tensor on at most 2^k
+levels, the property model size and every comparison rely on. Output is invariant to
+w -> a w + b (a > 0). A constant tensor (std 0) maps to one level next to 0, without NaN.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from lq.errors import LqError
+from lq.quant.ste import grad_scale, round_ste, sign_ste
+
+FULL_PRECISION = 32
+SUPPORTED_BITS = (*range(1, 9), FULL_PRECISION)
+
+
+def check_bits(bits: int, field: str = "bits") -> int:
+    """Return `bits` if it is a supported width (1..8, or 32 = no quantization)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
+        raise LqError(f"{field}={bits!r} is not a supported bit width; allowed: 1 to 8, or 32 (float)")
+    return bits
+
+
+def quantize_unsigned(x: Tensor, bits: int) -> Tensor:
+    """round(clamp(x, 0, 1) (2^k - 1)) / (2^k - 1): the activation quantizer of the SPEC."""
+    if check_bits(bits) == FULL_PRECISION:
+        return x
+    n = 2**bits - 1
+    return round_ste(torch.clamp(x, 0.0, 1.0) * n) / n
+
+
+def _signed_grid(u: Tensor, bits: int) -> Tensor:
+    """Map u in [0, 1] (clamped) onto the 2^k-level grid in [-1, 1]; 1 bit is the sign of u - 1/2."""
+    if bits == 1:
+        return sign_ste(u - 0.5)
+    return 2 * quantize_unsigned(u, bits) - 1
+
+
+def _standardize(w: Tensor) -> Tensor:
+    """(w - mean) / std in one fused reduction; a (numerically) constant tensor gives zeros."""
+    var, mean = torch.var_mean(w, correction=1 if w.numel() > 1 else 0)
+    ok = var > (4 * torch.finfo(w.dtype).eps * mean.abs()) ** 2
+    inv_std = torch.where(ok, torch.where(ok, var, 1.0).rsqrt(), 0.0)  # inner where: no NaN gradient
+    return (w - mean) * inv_std
+
+
+def proxq_weight(w: Tensor, bits: int, act_range: float = 2.0) -> Tensor:
+    """ProxQ: standardise, scale by r / 4, clamp onto the symmetric 2^k-level grid."""
+    if check_bits(bits) == FULL_PRECISION:
+        return w
+    x_hat = _standardize(w) * (act_range / 4)
+    return _signed_grid((x_hat + 1) / 2, bits)
+
+
+def proxq_cdf_weight(w: Tensor, bits: int) -> Tensor:
+    """ProxQ through the Gaussian CDF: u = Phi((w - mean) / std) is uniform for Gaussian weights."""
+    if check_bits(bits) == FULL_PRECISION:
+        return w
+    return _signed_grid(torch.special.ndtr(_standardize(w)), bits)
+
+
+def dorefa_weight(w: Tensor, bits: int) -> Tensor:
+    """DoReFa: tanh(w) / (2 max|tanh(w)|) + 1/2 quantized, mapped back to [-1, 1]."""
+    if check_bits(bits) == FULL_PRECISION:
+        return w
+    t = torch.tanh(w)
+    return _signed_grid(t / (2 * t.abs().amax().clamp_min(torch.finfo(w.dtype).tiny)) + 0.5, bits)
+
+
+def lsq_bounds(bits: int, signed: bool) -> tuple[int, int]:
+    """(Q_N, Q_P): the integer grid is [-Q_N, Q_P]. Signed 1 bit is the sign, {-1, +1}."""
+    if not signed:
+        return 0, 2**bits - 1
+    if bits == 1:
+        return 1, 1
+    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
+def lsq_quantize(x: Tensor, bits: int, step: Tensor, *, signed: bool) -> Tensor:
+    """LSQ: round(clamp(x / s, -Q_N, Q_P)) s, the step's gradient scaled by 1 / sqrt(numel(x) Q_P)."""
+    if check_bits(bits) == FULL_PRECISION:
+        return x
+    q_n, q_p = lsq_bounds(bits, signed)
+    s = grad_scale(step, 1.0 / math.sqrt(x.numel() * q_p))
+    v = torch.clamp(x / s, -q_n, q_p)
+    return (sign_ste(v) if signed and bits == 1 else round_ste(v)) * s
+
+
+def lsq_init_step(x: Tensor, bits: int, signed: bool) -> Tensor:
+    """LSQ's initial step 2 mean|x| / sqrt(Q_P), kept positive for an all-zero input."""
+    _, q_p = lsq_bounds(check_bits(bits), signed)
+    return (2 * x.detach().abs().mean() / math.sqrt(q_p)).clamp_min(torch.finfo(x.dtype).eps)
+

@@ -1,0 +1,48 @@
+"""Straight-through estimators: rounding whose backward pass is the identity.
+
+Rounding has a zero gradient almost everywhere, so quantization-aware training pretends it is
+the identity on the way back (Bengio et al. 2013). Everything here is one elementwise op.
+"""
+
+import torch
+from torch import Tensor
+
+
+class _RoundSTE(torch.autograd.Function):
+    """round(x) forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign(x) with 0 -> +1 (so two values, never three) forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round to the nearest integer (ties to even); the gradient passes straight through."""
+    return _RoundSTE.apply(x)
+
+
+def sign_ste(x: Tensor) -> Tensor:
+    """Sign in {-1, +1} (0 maps to +1); the gradient passes straight through."""
+    return _SignSTE.apply(x)
+
+
+def grad_scale(x: Tensor, scale: float) -> Tensor:
+    """Return `x` unchanged but multiply its gradient by `scale` (LSQ's step-size trick)."""
+    scaled = x * scale
+    return (x - scaled).detach() + scaled
