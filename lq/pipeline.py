@@ -151,34 +151,43 @@ def stage_by_name(name: str, path: Path = TABLE_PATH) -> Stage:
     raise LqError(f"no stage named '{name}' in {path}")
 
 
-def render_dvc_yaml(stages: list[Stage], params_file: str, raw_params: Mapping) -> str:
-    """dvc.yaml for the table: per-key params, code deps, metrics/plots kept in git."""
+def render_dvc_yaml(stages: list[Stage], params_file: str, raw_params: Mapping,
+                    plot_specs: Mapping[str, Any] | None = None) -> str:
+    """dvc.yaml for the table: per-key params, code deps, metrics and plots kept in git.
+
+    Metrics and plots are ordinary outputs with `cache: false` (small, diffable, versioned by
+    git so `dvc metrics diff main branch` needs no remote), declared again at top level where
+    `dvc metrics` and `dvc plots` look for them.
+    """
     doc: dict[str, Any] = {"stages": {}}
     for stage in stages:
         special = {*stage.metrics, *stage.plots}
         entry: dict[str, Any] = {
             "desc": stage.doc,
             "cmd": stage.command(params_file),
-            "deps": [*stage.code, *(d.rstrip("/") for d in stage.deps.values())],
+            "deps": [*stage.code, *stage.inputs().values()],
         }
         params = stage.dvc_params(raw_params)
         if params:
             entry["params"] = params
-        outs = [o.rstrip("/") for o in stage.outs.values() if o not in special]
-        if outs:
-            entry["outs"] = outs
-        if stage.metrics:
-            entry["metrics"] = [{m: {"cache": False}} for m in stage.metrics]
-        if stage.plots:
-            entry["plots"] = [{p: {"cache": False}} for p in stage.plots]
+        entry["outs"] = [{path: {"cache": False}} if raw in special else path
+                         for raw, (path, _) in zip(stage.outs.values(), stage.outputs().values())]
         doc["stages"][stage.name] = entry
+    metrics = [m for stage in stages for m in stage.metrics]
+    if metrics:
+        doc["metrics"] = metrics
+    plots = [p for stage in stages for p in stage.plots]
+    if plots:
+        specs = plot_specs or {}
+        doc["plots"] = [{p: specs[p]} if specs.get(p) else p for p in plots]
     return DVC_HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)
 
 
 def generate(root: Path = REPO_ROOT) -> str:
-    params_file, stages = load_table(root / "workflow" / "stages.yaml")
+    table = root / "workflow" / "stages.yaml"
+    params_file, stages = load_table(table)
     raw = lqconfig.read_yaml(root / params_file)
-    return render_dvc_yaml(stages, params_file, raw)
+    return render_dvc_yaml(stages, params_file, raw, lqconfig.read_yaml(table).get("plots"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from lq.pipeline import stage_by_name
 
 log = logging.getLogger("lq")
 
-STEPS = ("download", "split", "replay", "count")
+STEPS = ("download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate")
 
 
 def parser_for(step: str, description: str) -> argparse.ArgumentParser:

@@ -1,0 +1,7 @@
+"""Lifelong methods, one module each, chosen by `lifelong.method`."""
+
+from lq.methods import finetune, lifequant  # noqa: F401  (registration)
+from lq.methods.base import Method, TaskContext
+from lq.methods.registry import create_method, list_methods
+
+__all__ = ["Method", "TaskContext", "create_method", "list_methods"]

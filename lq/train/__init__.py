@@ -1,0 +1,1 @@
+"""Training machinery shared by the pretrain, qat8 and lifelong stages."""

@@ -1,0 +1,128 @@
+"""The in-memory data path: the whole split as a uint8 tensor on the training device.
+
+The store is read once; a task's table (`image,label` CSV) selects rows by image id. Batches are
+cut from one `randperm`, augmented as whole-batch tensor ops (random crop with zero padding,
+optional horizontal flip) and normalised on the device: no per-sample Python in the hot loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lq.data.store import read_store
+from lq.errors import LqError
+
+
+@dataclass(frozen=True)
+class ImageBank:
+    """All images of the store (N, C, H, W uint8, on the device), addressable by image id."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    row_of: dict[str, int]
+    classes: tuple[str, ...]
+    mean: torch.Tensor  # per channel, from the training split only
+    std: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def rows(self, table: pd.DataFrame, source: str = "table") -> torch.Tensor:
+        """Store rows of a table's image ids; an unknown id or a label mismatch is an error."""
+        try:
+            rows = np.fromiter((self.row_of[i] for i in table["image"]), dtype=np.int64, count=len(table))
+        except KeyError as exc:
+            raise LqError(f"{source}: image {exc.args[0]!r} is not in the data store") from None
+        index = torch.from_numpy(rows).to(self.images.device)
+        labels = torch.as_tensor(table["label"].to_numpy(), dtype=torch.int64, device=self.images.device)
+        if not torch.equal(self.labels[index], labels):
+            raise LqError(f"{source}: labels disagree with the data store for some images")
+        return index
+
+
+def load_bank(store_dir: Path, device: torch.device) -> ImageBank:
+    """Read the store once and move it to the device."""
+    store = read_store(Path(store_dir))
+    images = torch.tensor(store.images).permute(0, 3, 1, 2).contiguous()
+    train = torch.from_numpy(np.char.startswith(store.ids.astype(str), "train/"))
+    pixels = images[train].float().div_(255)
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return ImageBank(
+        images=images.to(device),
+        labels=torch.from_numpy(store.labels.astype(np.int64)).to(device),
+        row_of={str(i): r for r, i in enumerate(store.ids)},
+        classes=tuple(store.classes),
+        mean=mean.to(device),
+        std=std.to(device),
+    )
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random crop with `pad` zero pixels on each side, and an optional horizontal flip."""
+
+    pad: int
+    hflip: bool
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        if self.pad > 0:
+            padded = torch.nn.functional.pad(x, (self.pad,) * 4)
+            dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator).to(x.device)
+            dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator).to(x.device)
+            rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+            batch = torch.arange(b, device=x.device)[:, None, None, None]
+            chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+            x = padded[batch, chans, rows, cols]
+        if self.hflip:
+            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
+
+class Batches:
+    """Batches of (normalised images, labels) over a set of store rows.
+
+    The shuffle and the augmentation draw from a CPU generator seeded per epoch, so an epoch's
+    batches depend only on (seed, epoch): a resumed run sees the same batches as an
+    uninterrupted one.
+    """
+
+    def __init__(self, bank: ImageBank, rows: torch.Tensor, batch_size: int, *, shuffle: bool,
+                 augment: Augment | None = None, drop_last: bool = False):
+        self.bank, self.rows, self.batch_size = bank, rows, batch_size
+        self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.rows)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, seed: Sequence[int] | int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(_mix(seed))
+        order = torch.randperm(len(self.rows), generator=generator) if self.shuffle else torch.arange(len(self.rows))
+        order = order.to(self.rows.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = self.rows[order[start : start + self.batch_size]]
+            x = self.bank.images[index].float().div_(255)
+            if self.augment is not None:
+                x = self.augment(x, generator)
+            x = (x - self.bank.mean[None, :, None, None]) / self.bank.std[None, :, None, None]
+            yield x, self.bank.labels[index]
+
+    def __iter__(self):
+        return self.epoch(0)
+
+
+def _mix(seed: Sequence[int] | int) -> int:
+    """One 63-bit seed from a tuple such as (train seed, task, epoch)."""
+    parts = [seed] if isinstance(seed, int) else list(seed)
+    return int(np.random.SeedSequence(parts).generate_state(1, dtype=np.uint64)[0] >> 1)

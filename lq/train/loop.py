@@ -1,0 +1,140 @@
+"""One training loop for every stage: SGD + MultiStep decay, method events, resumable epochs.
+
+After every epoch the full state (model, optimizer, scheduler, method, history, RNG) is saved
+atomically to the stage's resume folder; a rerun after a kill continues from the last finished
+epoch. Batches depend only on (seed, task, epoch), so on CPU the resumed run ends bit-identical
+to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lq.errors import LqError
+from lq.methods.base import Method
+from lq.train import checkpoint
+from lq.train.checkpoint import ResumeDir
+from lq.train.data import Batches
+
+log = logging.getLogger("lq")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One phase's optimisation settings (params.yaml: `train.*` and the phase's section)."""
+
+    epochs: int
+    lr: float
+    milestones: tuple[int, ...]
+    gamma: float
+    momentum: float
+    weight_decay: float
+
+
+def make_optimizer(model: nn.Module, schedule: Schedule) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(schedule.milestones), gamma=schedule.gamma)
+    return optimizer, scheduler
+
+
+# A test hook: `LQ_TEST_KILL_AFTER=task:epoch:step` makes the process kill itself with SIGKILL at
+# that point, so the resume tests interrupt training at a known place instead of by timing.
+def _kill_hook() -> Callable[[int, int, int], None]:
+    import os
+    import signal
+
+    spec = os.environ.get("LQ_TEST_KILL_AFTER")
+    if not spec:
+        return lambda *_: None
+    target = tuple(int(v) for v in spec.split(":"))
+
+    def hook(task: int, epoch: int, step: int) -> None:
+        if (task, epoch, step) == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, *, task: int, seed: int,
+        resume: ResumeDir | None, config: dict[str, Any], history: list[dict[str, Any]],
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Train `model` on `batches` for `schedule.epochs` epochs, resuming if a checkpoint allows.
+
+    `history` gets one row per epoch (task, epoch, loss, accuracy, lr, seconds); `forward`
+    may be a compiled version of the model.
+    """
+    forward = forward or model
+    optimizer, scheduler = make_optimizer(model, schedule)
+    start_epoch = 0
+    last = resume.latest() if resume else None
+    if last is not None:
+        state = checkpoint.load(last)
+        if state["task"] == task:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            checkpoint.load_scheduler_state(scheduler, state["scheduler"])
+            method.load_state_dict(state["method"])
+            torch.set_rng_state(state["rng"])
+            history[:] = state["history"]
+            start_epoch = state["epoch"] + 1
+            log.info("task %d: resuming after epoch %d from %s", task, state["epoch"] + 1, last)
+
+    kill_hook = _kill_hook()
+    device = next(model.parameters()).device
+    for epoch in range(start_epoch, schedule.epochs):
+        model.train()
+        started = time.perf_counter()
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        bar = tqdm(batches.epoch((seed, task, epoch)), total=len(batches), leave=False, disable=None,
+                   desc=f"task {task} epoch {epoch + 1}/{schedule.epochs}")
+        for step, (x, y) in enumerate(bar):
+            logits = forward(x)
+            loss = method.loss(logits, y)
+            penalty = method.penalty(model)
+            objective = loss if penalty is None else loss + penalty
+            if not torch.isfinite(objective):
+                raise LqError(
+                    f"task {task}, epoch {epoch + 1}, step {step + 1}: the loss is {objective.item()} "
+                    f"(task loss {loss.item()}); training stopped. Lower the learning rate "
+                    "or the penalty weight (lifelong.ll_lambda), or check the input data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            method.after_backward(model)
+            optimizer.step()
+            method.after_step(model)
+            total_loss += objective.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            kill_hook(task, epoch, step)
+        row = {
+            "step": len(history) + 1, "task": task, "epoch": epoch + 1,
+            "loss": round(total_loss.item() / max(seen, 1), 6),
+            "accuracy": round(correct.item() / max(seen, 1), 6),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        scheduler.step()
+        history.append(row)
+        log.info("task %d epoch %d/%d: loss %.4f, train accuracy %.4f, lr %g, %d images (%.1fs)", task,
+                 epoch + 1, schedule.epochs, row["loss"], row["accuracy"], row["lr"], seen,
+                 time.perf_counter() - started)
+        if on_epoch:
+            on_epoch(row)
+        if resume is not None:
+            checkpoint.save(resume.file("last.pt"), {
+                "task": task, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": checkpoint.scheduler_state(scheduler), "method": method.state_dict(),
+                "rng": torch.get_rng_state(), "history": list(history), "config": config,
+            })
