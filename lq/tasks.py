@@ -105,13 +105,24 @@ def class_counts(labels: Sequence[int]) -> dict[int, int]:
 def ball_weights(counts: Mapping[int, int], num_classes: int) -> dict[int, float]:
     """BaLL class weights: w_c = 1 / ((n_c / N + 1 / C_t) · C_t); absent classes get 1.
 
-    C_t is the number of classes present. Every weight is in (0, 1]; rare classes stay near 1,
-    frequent ones are damped.
+    C_t is the number of classes present (count > 0). Algebraically w_c = 1 / (1 + C_t·n_c/N),
+    so every weight is in (0, 1]: rare classes (the few replayed ones) stay near 1, frequent
+    ones are damped.
     """
-    present = {c: n for c, n in counts.items() if n > 0}
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise LqError(f"num_classes must be a positive integer, got {num_classes!r}")
+    present: dict[int, int] = {}
+    for c, n in counts.items():
+        c, n = int(c), int(n)
+        if not 0 <= c < num_classes:
+            raise LqError(f"class id {c} in the class counts is outside [0, {num_classes})")
+        if n < 0:
+            raise LqError(f"class {c} has a negative sample count ({n}); counts must be >= 0")
+        if n > 0:
+            present[c] = n
     total = sum(present.values())
     c_t = len(present)
     weights = {c: 1.0 for c in range(num_classes)}
     for c, n in present.items():
-        weights[int(c)] = 1.0 / ((n / total + 1.0 / c_t) * c_t)
+        weights[c] = 1.0 / ((n / total + 1.0 / c_t) * c_t)
     return weights

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from lq import tasks
 from lq.errors import LqError
 
 FORMS = ("additive", "multiplicative")
@@ -24,31 +25,9 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def ball_weights(counts: Mapping[int, int], num_classes: int) -> torch.Tensor:
-    """Per-class BaLL weights ``w_c = 1 / ((n_c/N + 1/C_t) * C_t)`` as a float32 tensor (C,).
-
-    ``counts`` maps class id -> number of samples of that class in P_t. A class with no samples
-    (missing, or count 0) is absent and gets weight 1; C_t counts the present classes only.
-    Algebraically ``w_c = 1 / (1 + C_t * n_c / N)``, so every weight lies in (0, 1].
-    Used for training; the data pipeline writes the same numbers (numpy) to its JSON files.
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise LqError(f"num_classes must be a positive integer, got {num_classes!r}")
-    present: dict[int, int] = {}
-    for c, n in counts.items():
-        c, n = int(c), int(n)
-        if not 0 <= c < num_classes:
-            raise LqError(f"class id {c} in the class counts is outside [0, {num_classes})")
-        if n < 0:
-            raise LqError(f"class {c} has a negative sample count ({n}); counts must be >= 0")
-        if n > 0:
-            present[c] = n
-    w = torch.ones(num_classes, dtype=torch.float64)
-    if present:
-        total = sum(present.values())
-        c_t = len(present)
-        for c, n in present.items():
-            w[c] = 1.0 / ((n / total + 1.0 / c_t) * c_t)
-    return w.to(torch.float32)
+    """The BaLL weights of `lq.tasks.ball_weights` (the one implementation) as a float32 tensor (C,)."""
+    weights = tasks.ball_weights(counts, num_classes)
+    return torch.tensor([weights[c] for c in range(num_classes)], dtype=torch.float64).to(torch.float32)
 
 
 def _check(logits: torch.Tensor, weights: torch.Tensor, form: str) -> None:

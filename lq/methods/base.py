@@ -12,9 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lq.tasks import training_pool
 
 
 @dataclass
@@ -32,6 +35,12 @@ class Method:
     """The plain loop: cross-entropy, no penalty (fine-tuning)."""
 
     name: ClassVar[str] = "method"
+
+    def pool(self, train: pd.DataFrame, earlier_replay: Sequence[pd.DataFrame],
+             earlier_train: Sequence[pd.DataFrame], replay_in_pool: bool) -> pd.DataFrame:
+        """The training table of a task: train_t plus earlier replay sets (the paper's pool),
+        or train_t alone when replay only feeds the importance (the reference code)."""
+        return training_pool(train, earlier_replay if replay_in_pool else [])
 
     def before_task(self, ctx: TaskContext) -> None:
         """Called once before training task `ctx.task`, at the previous task's parameters."""

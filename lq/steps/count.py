@@ -15,8 +15,8 @@ log = logging.getLogger("lq")
 
 def write_counts(split_dir: Path, replay_dir: Path, out: Path) -> None:
     """counts{t}.json (label -> samples in P_t) and reweight{t}.json (label -> BaLL weight)."""
-    num_classes = len(read_json(split_dir / "tasks.json")["classes"])
-    num_tasks = len(read_json(split_dir / "tasks.json")["tasks"])
+    tasks = read_json(split_dir / "tasks.json")
+    num_classes, num_tasks = len(tasks["classes"]), len(tasks["tasks"])
     replays = [read_table(replay_dir / f"replay{t}.csv", num_classes) for t in range(num_tasks)]
     with atomic_dir(out) as tmp:
         for t in range(num_tasks):

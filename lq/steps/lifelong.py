@@ -19,7 +19,6 @@ from lq.methods import TaskContext, create_method
 from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import read_json, task_count
 from lq.steps.training import TrainingRun
-from lq.tasks import training_pool
 from lq.train import checkpoint
 
 log = logging.getLogger("lq")
@@ -51,6 +50,7 @@ def main(argv: list[str]) -> int:
             noise_draws=p["lifelong.noise_draws"], seed=p["train.seed"],
             noise_amplitude=noise_amplitude(p["model.act_range"], p["lifelong.act_bits"]),
         )
+        train_tables = [job.table(args.split / f"train{t}.csv") for t in range(num_tasks)]
         replay_tables = [job.table(args.replay / f"replay{t}.csv") for t in range(num_tasks)]
         replay_batches = [job.eval_batches(r, p["train.eval_batch_size"]) for r in replay_tables]
 
@@ -66,8 +66,7 @@ def main(argv: list[str]) -> int:
             ctx = TaskContext(task=t, model=model, device=job.device, replay=replay_batches[:t],
                               class_weights=class_weights(args.counts / f"reweight{t}.json", num_classes, job.device))
             method.before_task(ctx)
-            train = job.table(args.split / f"train{t}.csv")
-            pool = training_pool(train, replay_tables[:t]) if p["lifelong.replay_in_pool"] else train
+            pool = method.pool(train_tables[t], replay_tables[:t], train_tables[:t], p["lifelong.replay_in_pool"])
             job.train_task(model, pool, task=t, phase="lifelong", method=method, source=f"task {t} pool")
             method.after_task(ctx)
             checkpoint.save(done, job.payload(model, method=method.state_dict(), task=t))

@@ -14,4 +14,6 @@ except LqError as exc:
 validate(PARAMS, "../schemas/params.schema.yaml")
 
 PARAMS_FILE, STAGES = load_table()
-FINAL_OUTPUTS = [path for stage in STAGES for path in stage.out_paths]
+CONSUMED = {path for stage in STAGES for path in stage.inputs().values()}
+# `all` asks for the outputs no other stage consumes; Snakemake pulls in the rest.
+FINAL_OUTPUTS = [path for stage in STAGES for path in stage.out_paths if path not in CONSUMED]

@@ -35,7 +35,9 @@ def declare(stage):
         conda:
             "../envs/lq.yaml"
         shell:
-            f"({command}) 2>&1 | tee {{log:q}}"
+            # One BLAS/OpenMP pool per job, sized to its threads: parallel jobs must not
+            # oversubscribe the cores (OpenMP spin-waiting then slows training many times over).
+            f"export OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}}; ({command}) 2>&1 | tee {{log:q}}"
 
 
 for stage in STAGES:
