@@ -35,6 +35,10 @@ dag: setup
 dvc.yaml: setup
 	python -m lq.pipeline write
 
+# speed benchmarks (not part of the tests): prints ratios, writes bench/results.json and bench/RESULTS.md
+bench: setup
+	python bench/run.py
+
 lint: setup
 	python -m lq.pipeline check
 	snakemake --lint

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from lq.errors import LqError
-from lq.quant.ste import grad_scale, round_ste, sign_ste
+from lq.quant.ste import grad_scale, round_ste, sign_ste, unit_grid_ste
 
 FULL_PRECISION = 32
 SUPPORTED_BITS = (*range(1, 9), FULL_PRECISION)
@@ -43,8 +43,7 @@ def quantize_unsigned(x: Tensor, bits: int) -> Tensor:
     """round(clamp(x, 0, 1) (2^k - 1)) / (2^k - 1): the activation quantizer of the SPEC."""
     if check_bits(bits) == FULL_PRECISION:
         return x
-    n = 2**bits - 1
-    return round_ste(torch.clamp(x, 0.0, 1.0) * n) / n
+    return unit_grid_ste(x, 2**bits - 1)
 
 
 def _signed_grid(u: Tensor, bits: int) -> Tensor:

@@ -66,9 +66,16 @@ class TrainingRun:
                    method: Method | None = None, source: str = "training table") -> None:
         rows = self.bank.rows(table, source)
         log.info("%s task %d: %d training images", self.stage, task, len(rows))
+        # On a GPU: NHWC convolutions everywhere, bfloat16 autocast for the full-precision stage
+        # (quantized stages keep fp32 so the k-bit grids are exact). On CPU both measured slower.
+        cuda = self.device.type == "cuda"
+        if cuda:
+            model.to(memory_format=torch.channels_last)
+        full_precision = self.model_cfg["weight_bits"] == 32 and self.model_cfg["act_bits"] == 32
         fit(model, training_batches(self.bank, rows, self.params), schedule(self.params, phase), method or Method(),
             task=task, seed=self.params["train.seed"], resume=self.resume, config=self.model_cfg,
-            history=self.history, forward=compiled(model, self.params["train.compile"]), on_epoch=self.board.epoch)
+            history=self.history, forward=compiled(model, self.params["train.compile"]), on_epoch=self.board.epoch,
+            bf16=cuda and full_precision, channels_last=cuda)
 
     def eval_batches(self, table: pd.DataFrame, batch_size: int) -> Batches:
         return Batches(self.bank, self.bank.rows(table), batch_size, shuffle=False)

@@ -67,11 +67,13 @@ def _kill_hook() -> Callable[[int, int, int], None]:
 def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, *, task: int, seed: int,
         resume: ResumeDir | None, config: dict[str, Any], history: list[dict[str, Any]],
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        bf16: bool = False, channels_last: bool = False) -> None:
     """Train `model` on `batches` for `schedule.epochs` epochs, resuming if a checkpoint allows.
 
-    `history` gets one row per epoch (task, epoch, loss, accuracy, lr, seconds); `forward`
-    may be a compiled version of the model.
+    `history` gets one row per epoch (step, task, epoch, loss, accuracy, lr); `forward` may be
+    a compiled version of the model. `bf16` runs forward and loss under bfloat16 autocast and
+    `channels_last` feeds NHWC batches (both for CUDA; the stages enable them there only).
     """
     forward = forward or model
     optimizer, scheduler = make_optimizer(model, schedule)
@@ -100,8 +102,11 @@ def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, 
         bar = tqdm(batches.epoch((seed, task, epoch)), total=len(batches), leave=False, disable=None,
                    desc=f"task {task} epoch {epoch + 1}/{schedule.epochs}")
         for step, (x, y) in enumerate(bar):
-            logits = forward(x)
-            loss = method.loss(logits, y)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = forward(x)
+                loss = method.loss(logits, y)
             penalty = method.penalty(model)
             objective = loss if penalty is None else loss + penalty
             if not torch.isfinite(objective):

@@ -1,0 +1,218 @@
+"""Bad input gets a clear error and loses nothing: one table, one row per mistake a user makes.
+
+Every row runs the real code path and checks that the message names the key or the file and
+says what would be right. Parameter rows go through `lq.config.resolve` (what every step and
+the Snakefile call first); file rows through the functions the stages call.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lq import atomic
+from lq import config as lqconfig
+from lq.config import REPO_ROOT
+from lq.data.sources import load_folder
+from lq.errors import LqError
+from lq.methods import create_method
+from lq.models import create_model
+from lq.steps.io import read_table
+from lq.tasks import task_classes
+from lq.train import checkpoint
+from lq.train.loop import Schedule, fit
+
+RAW = lqconfig.read_yaml(REPO_ROOT / "params.yaml")
+
+# (key, value, words the message must contain besides the key)
+PARAMS = [
+    ("seed", -1, "0 to 2**32-1"),
+    ("seed", "123", "integer"),
+    ("data.source", "cifar10", "not one of ['digits', 'cifar100', 'folder']"),
+    ("data.test_fraction", 0, "(0, 1)"),
+    ("data.download", "yes", "true/false"),
+    ("split.num_tasks", 0, "integer >= 1"),
+    ("split.num_tasks", "three", "integer"),
+    ("split.diminish_rate", 25, "0.25, not 25"),
+    ("split.diminish_rate", 1, "[0, 1)"),
+    ("replay.replay_rate", 0, "(0, 1]"),
+    ("replay.replay_rate", 2, "(0, 1]"),
+    ("model.arch", "resnet18", "registered model name"),
+    ("model.act_range", 0, "> 0"),
+    ("quant.weight_quantizer", "apot", "weight quantizer name"),
+    ("quant.act_quantizer", "pact", "activation quantizer name"),
+    ("train.device", "tpu", "auto, cpu, cuda or cuda:N"),
+    ("train.batch_size", 0, ">= 1"),
+    ("train.momentum", 1.5, "[0, 1)"),
+    ("train.augment", "True", "true/false"),
+    ("pretrain.epochs", 0, ">= 1"),
+    ("pretrain.lr", -0.1, "> 0"),
+    ("qat8.weight_bits", 16, "bit width"),
+    ("lifelong.act_bits", 0, "bit width"),
+    ("lifelong.method", "icarl", "lifelong method name"),
+    ("lifelong.ll_lambda", -5, ">= 0"),
+    ("lifelong.ball_form", "mixed", "additive or multiplicative"),
+]
+
+
+@pytest.mark.parametrize("key,value,words", PARAMS, ids=[f"{k}={v!r}" for k, v, _ in PARAMS])
+def test_bad_parameter(key, value, words):
+    raw = copy.deepcopy(RAW)
+    lqconfig.set_key(raw, key, value)
+    with pytest.raises(LqError) as info:
+        lqconfig.resolve(raw)
+    message = str(info.value)
+    assert f"{key} = " in message and words in message, message
+
+
+def test_unknown_key_is_named():
+    raw = copy.deepcopy(RAW)
+    raw["lifelong"]["lambda"] = 1
+    with pytest.raises(LqError, match="'lambda' was unexpected"):
+        lqconfig.resolve(raw)
+
+
+def test_params_file_that_is_not_yaml(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("split: [unclosed\n")
+    with pytest.raises(LqError, match=f"{bad}: not valid YAML"):
+        lqconfig.load(bad)
+
+
+def test_more_tasks_than_classes():
+    with pytest.raises(LqError, match="split.num_tasks = 11 is more than the 10 classes"):
+        task_classes(10, 11, 0.0, seed=123)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def _tree(root: Path) -> Path:
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((4, 4, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_class_folder_without_images(tmp_path):
+    root = _tree(tmp_path / "tree")
+    for image in (root / "train" / "dog").iterdir():
+        image.unlink()
+    with pytest.raises(LqError, match="dog"):
+        load_folder(root)
+
+
+def test_truncated_png(tmp_path):
+    root = _tree(tmp_path / "tree")
+    image = root / "train" / "cat" / "1.png"
+    image.write_bytes(image.read_bytes()[:40])
+    with pytest.raises(LqError) as info:
+        load_folder(root)
+    assert str(image) in str(info.value)
+
+
+def test_file_that_is_not_an_image(tmp_path):
+    root = _tree(tmp_path / "tree")
+    fake = root / "test" / "dog" / "notes.png"
+    fake.write_text("not an image")
+    with pytest.raises(LqError) as info:
+        load_folder(root)
+    assert str(fake) in str(info.value)
+
+
+def test_csv_missing_column(tmp_path):
+    path = tmp_path / "train0.csv"
+    path.write_text("image,class\ntrain/cat/0.png,0\n")
+    with pytest.raises(LqError, match=r"train0.csv: missing column\(s\) \['label'\]"):
+        read_table(path, num_classes=2)
+
+
+def test_csv_label_outside_the_classes(tmp_path):
+    path = tmp_path / "train0.csv"
+    path.write_text("image,label\ntrain/cat/0.png,7\n")
+    with pytest.raises(LqError, match=r"label 7 of 'train/cat/0.png' is outside the 2 classes \(0..1\)"):
+        read_table(path, num_classes=2)
+
+
+@pytest.fixture
+def saved_checkpoint(tmp_path) -> Path:
+    path = tmp_path / "qat8.pt"
+    model = create_model("resnet20", num_classes=3, in_channels=1, image_size=8)
+    checkpoint.save(path, {"model": model.state_dict(),
+                           "config": {"arch": "resnet20", "weight_bits": 8, "act_bits": 8}})
+    return path
+
+
+@pytest.mark.parametrize("key,wanted", [("arch", "mobilenetv2"), ("weight_bits", 4)])
+def test_checkpoint_of_another_model_or_bit_width(saved_checkpoint, key, wanted):
+    with pytest.raises(LqError) as info:
+        checkpoint.load(saved_checkpoint, {key: wanted})
+    message = str(info.value)
+    assert str(saved_checkpoint) in message and key in message and repr(wanted) in message
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(LqError, match="not a readable lq checkpoint"):
+        checkpoint.load(path)
+
+
+class _NaNBatches:
+    def __len__(self):
+        return 2
+
+    def epoch(self, seed):
+        x = torch.zeros(4, 1, 8, 8)
+        x[0, 0, 0, 0] = float("nan")
+        for _ in range(2):
+            yield x, torch.zeros(4, dtype=torch.int64)
+
+
+def test_nan_loss_stops_with_epoch_step_and_hint():
+    model = create_model("resnet20", num_classes=2, in_channels=1, image_size=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LqError, match=r"task 0, epoch 1, step 1: the loss is nan.*Lower the learning rate"):
+        fit(model, _NaNBatches(), Schedule(1, 0.1, (), 0.1, 0.9, 0.0), create_method("finetune"),
+            task=0, seed=0, resume=None, config={}, history=[])
+    # it stopped before the optimizer stepped on the NaN: the weights are untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point()
+               and "running" not in k)
+
+
+def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "out" / "train0.csv"
+    target.parent.mkdir()
+
+    def full_disk(self, data, *args, **kwargs):
+        with open(self, "w") as fh:  # half of the bytes reach the disk, then it is full
+            fh.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError) as info:
+        atomic.write_text(target, "image,label\n" + "train/cat/0.png,0\n" * 100)
+    assert info.value.errno == errno.ENOSPC
+    assert list(target.parent.iterdir()) == []  # neither the file nor a temporary is left
+
+
+def test_full_disk_while_writing_a_folder_keeps_the_old_one(tmp_path):
+    out = tmp_path / "split"
+    out.mkdir()
+    (out / "train0.csv").write_text("old\n")
+    with pytest.raises(OSError):
+        with atomic.atomic_dir(out) as tmp:
+            (tmp / "train0.csv").write_text("new, half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert (out / "train0.csv").read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["split"]
