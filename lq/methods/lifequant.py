@@ -4,6 +4,9 @@ For task t >= 1 the objective is  BaLL(f(x), y) over P_t  +  λ Σ_i F_i (θ_i �
 with F the mean squared gradient of the BaLL loss over the replay data of tasks 0..t−1 taken at
 θ^{t−1} (optionally plus the reference's quantization-noise term). ProxQ, the other half of the
 method, is the weight quantizer (`quant.weight_quantizer: proxq`).
+
+Training pool: train_t ∪ the replay sets of tasks < t (`Method.pool`), the paper's P_t. Unlike
+the online baselines, F is recomputed at every task from all replay data at θ^{t−1}.
 """
 
 from __future__ import annotations
@@ -12,35 +15,26 @@ from itertools import chain
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from lq.lifelong import ball_loss, combine, quadratic_penalty, quant_noise_importance, snapshot, squared_grad_importance
-from lq.methods.base import Method, TaskContext
+from lq.lifelong import combine, quant_noise_importance, snapshot, squared_grad_importance
+from lq.methods.base import TaskContext
+from lq.methods.quadratic import QuadraticMethod
 from lq.methods.registry import register_method
 
 
 @register_method
-class LifeQuant(Method):
+class LifeQuant(QuadraticMethod):
     name = "lifequant"
 
     def __init__(self, *, ll_lambda: float, balanced: bool = True, ball_form: str = "additive",
                  noise_importance: bool = False, noise_draws: int = 100, noise_amplitude: float = 0.0,
                  seed: int = 0, **_: Any):
-        self.lam, self.balanced, self.form = ll_lambda, balanced, ball_form
+        super().__init__(ll_lambda=ll_lambda, balanced=balanced, ball_form=ball_form)
         self.noise_importance, self.noise_draws, self.noise_amplitude = noise_importance, noise_draws, noise_amplitude
         self.seed = seed
-        self.weights: torch.Tensor | None = None
-        self.importance: dict[str, torch.Tensor] = {}
-        self.anchor: dict[str, torch.Tensor] = {}
-
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.balanced and self.weights is not None:
-            return ball_loss(logits, targets, self.weights, form=self.form)
-        return F.cross_entropy(logits, targets)
 
     def before_task(self, ctx: TaskContext) -> None:
-        self.weights = ctx.class_weights
+        super().before_task(ctx)
         if ctx.task == 0 or not ctx.replay:
             self.importance, self.anchor = {}, {}
             return
@@ -52,14 +46,3 @@ class LifeQuant(Method):
                                            draws=self.noise_draws, generator=generator)
             importance = combine(importance, noise)
         self.importance, self.anchor = importance, snapshot(ctx.model)
-
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        if not self.importance or self.lam == 0:
-            return None
-        return quadratic_penalty(model, self.anchor, self.importance, self.lam)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"importance": self.importance, "anchor": self.anchor}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.importance, self.anchor = dict(state["importance"]), dict(state["anchor"])

@@ -49,6 +49,8 @@ def main(argv: list[str]) -> int:
             ball_form=p["lifelong.ball_form"], noise_importance=p["lifelong.noise_importance"],
             noise_draws=p["lifelong.noise_draws"], seed=p["train.seed"],
             noise_amplitude=noise_amplitude(p["model.act_range"], p["lifelong.act_bits"]),
+            si_epsilon=p["lifelong.si_epsilon"], rwalk_alpha=p["lifelong.rwalk_alpha"],
+            scp_projections=p["lifelong.scp_projections"],
         )
         train_tables = [job.table(args.split / f"train{t}.csv") for t in range(num_tasks)]
         replay_tables = [job.table(args.replay / f"replay{t}.csv") for t in range(num_tasks)]
