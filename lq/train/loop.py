@@ -75,7 +75,7 @@ def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, 
     a compiled version of the model. `bf16` runs forward and loss under bfloat16 autocast and
     `channels_last` feeds NHWC batches (both for CUDA; the stages enable them there only).
     """
-    forward = forward or model
+    forward = model if forward is None else forward  # (a compiled module has no truth value)
     optimizer, scheduler = make_optimizer(model, schedule)
     start_epoch = 0
     last = resume.latest() if resume else None

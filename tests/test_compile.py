@@ -1,0 +1,82 @@
+"""`train.compile: true` (torch.compile) gives the same results as eager mode, within tolerance.
+
+Compiled kernels fuse and reorder float operations, so results differ in the last bits. In
+full precision that stays at float noise through training (TOL). On a 4-bit network one such
+difference can move a value to the neighbouring grid level, which changes that step's gradient
+and then compounds over steps, so there the test compares what is deterministic: the quantized
+forward pass and the first training step's loss.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lq.methods import create_method
+from lq.models import create_model
+from lq.quant.config import QuantConfig
+from lq.quant.convert import quantize_model
+from lq.train.loop import Schedule, fit
+
+TOL = 1e-3
+pytestmark = pytest.mark.integration
+
+
+class TinyBatches:
+    """The `Batches` interface over fixed random data."""
+
+    def __init__(self, n: int = 64, batch: int = 16):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 1, 8, 8, generator=g)
+        self.y = torch.randint(0, 4, (n,), generator=g)
+        self.batch = batch
+
+    def __len__(self):
+        return len(self.x) // self.batch
+
+    def epoch(self, seed):
+        for i in range(0, len(self.x), self.batch):
+            yield self.x[i : i + self.batch], self.y[i : i + self.batch]
+
+
+def model(bits: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=4, in_channels=1, image_size=8)
+    return quantize_model(net, QuantConfig(weight_bits=bits, act_bits=bits)) if bits < 32 else net
+
+
+def train(compiled: bool) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    net = model(32)
+    history: list[dict] = []
+    fit(net, TinyBatches(), Schedule(epochs=2, lr=0.05, milestones=(), gamma=0.1, momentum=0.9, weight_decay=0.0),
+        create_method("finetune"), task=0, seed=0, resume=None, config={}, history=history,
+        forward=torch.compile(net) if compiled else net)
+    return history, {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_compiled_fp32_training_matches_eager():
+    eager_hist, eager_state = train(compiled=False)
+    comp_hist, comp_state = train(compiled=True)
+    assert [r["loss"] for r in comp_hist] == pytest.approx([r["loss"] for r in eager_hist], rel=TOL)
+    for name, tensor in eager_state.items():
+        if tensor.is_floating_point():
+            assert torch.allclose(tensor, comp_state[name], atol=TOL, rtol=TOL), name
+    # training moved the weights far more than the tolerance, so the comparison means something
+    assert (model(32).state_dict()["head.weight"] - eager_state["head.weight"]).abs().max() > 10 * TOL
+
+
+def test_compiled_w4a4_forward_and_first_step_match_eager():
+    batches = TinyBatches()
+    x, y = next(batches.epoch(0))
+    eager, compiled_net = model(4), model(4)
+    compiled = torch.compile(compiled_net)
+    eager.eval(), compiled_net.eval()
+    out = eager(x)
+    assert torch.allclose(compiled(x), out, atol=TOL * out.abs().max().item())
+    eager.train(), compiled_net.train()
+    loss_eager = torch.nn.functional.cross_entropy(eager(x), y)
+    loss_compiled = torch.nn.functional.cross_entropy(compiled(x), y)
+    assert loss_compiled.item() == pytest.approx(loss_eager.item(), rel=TOL)
+    loss_eager.backward(), loss_compiled.backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled_net.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=TOL * a.grad.abs().max().item() + 1e-8), name
