@@ -55,12 +55,12 @@ def test_data_stages_are_byte_deterministic(project, tmp_path):
 
 
 def test_dvc_repro_then_replay_rate_edit_reruns_only_replay_and_count(project):
-    first = run(["dvc", "repro"], project).stdout
+    first = run(["dvc", "repro", "count"], project).stdout
     assert ran_stages(first) == DATA_STAGES
-    assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
+    assert "Data and pipelines are up to date." in run(["dvc", "status", "--with-deps", "count"], project).stdout
 
     set_param(project, "replay.replay_rate", 0.5)
-    second = run(["dvc", "repro"], project).stdout
+    second = run(["dvc", "repro", "count"], project).stdout
     assert ran_stages(second) == ["replay", "count"]
 
     # Snakemake agrees: after the same edit, it plans exactly those two rules.
@@ -71,19 +71,19 @@ def test_dvc_repro_then_replay_rate_edit_reruns_only_replay_and_count(project):
 
 def test_dvc_commit_after_snakemake_matches_dvc_repro(project, tmp_path):
     snakemake_data(project)
-    run(["dvc", "commit", "--force"], project)
-    assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
+    run(["dvc", "commit", "--force", "--with-deps", "count"], project)
+    assert "Data and pipelines are up to date." in run(["dvc", "status", "--with-deps", "count"], project).stdout
     lock_after_snakemake = (project / "dvc.lock").read_text()
     # The same project reproduced by DVC alone records the same hashes.
     for out in DATA_OUTPUTS:
         run(["rm", "-rf", out], project)
-    run(["dvc", "repro", "--force"], project)
+    run(["dvc", "repro", "--force", "count"], project)
     assert (project / "dvc.lock").read_text() == lock_after_snakemake
 
 
 def test_invalid_parameter_fails_before_any_work(project):
     set_param(project, "split.diminish_rate", 25)
-    for cmd in (["snakemake", "--cores", "1", "all"], ["dvc", "repro"]):
+    for cmd in (["snakemake", "--cores", "1", "all"], ["dvc", "repro", "count"]):
         proc = run(cmd, project, check=False)
         assert proc.returncode != 0
         assert "split.diminish_rate = 25" in proc.stdout + proc.stderr
