@@ -1,0 +1,138 @@
+"""All eight stages on the embedded digits through the real DVC (and Snakemake), short training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, copy_project, run, set_param
+
+STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate"]
+FAST = {
+    "pretrain.epochs": 3, "pretrain.milestones": [2],
+    "qat8.epochs": 2, "qat8.milestones": [1],
+    "lifelong.epochs": 2, "lifelong.milestones": [1],
+}
+# Generous limit for training runs: well under a minute each on an idle 2-core machine, but much
+# longer when other jobs compete for the cores.
+LONG = 3600
+
+
+def new_project(root: Path) -> Path:
+    """What conftest's `project` fixture makes, at `root` (usable from module-scoped fixtures)."""
+    copy_project(root)
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "test@example.com"],
+                ["git", "config", "user.name", "lq tests"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "project"]):
+        run(cmd, root)
+    return root
+
+
+def ran_stages(dvc_output: str) -> list[str]:
+    """Stages `dvc repro` ran, in the order it ran them."""
+    found = [(dvc_output.find(f"Running stage '{s}'"), s) for s in STAGES]
+    return [s for pos, s in sorted(found) if pos >= 0]
+
+
+def planned_jobs(root, *targets) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a Snakemake dry run."""
+    out = run(["snakemake", "-n", *targets], root).stdout
+    if "Job stats:" not in out:
+        assert "Nothing to be done" in out, out
+        return {}
+    stats = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {name: int(n) for name, n in (l.split() for l in stats.splitlines()[3:] if l.strip())}
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> tuple[Path, str]:
+    """A project with short training, reproduced from nothing by `dvc repro`; and its output."""
+    root = new_project(tmp_path_factory.mktemp("full") / "repo")
+    for key, value in FAST.items():
+        set_param(root, key, value)
+    run(["git", "commit", "-qam", "short training"], root)
+    return root, run(["dvc", "repro"], root, timeout=LONG).stdout
+
+
+@pytest.mark.integration
+def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduced):
+    root, output = reproduced
+    assert ran_stages(output) == STAGES
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
+    metrics = json.loads((root / "metrics" / "lifelong.json").read_text())
+
+    shown = run(["dvc", "metrics", "show", "--json"], root).stdout
+    assert "metrics/lifelong.json" in shown
+    found = []
+
+    def collect(node):  # the JSON layout differs across DVC versions: find the file's data anywhere
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "metrics/lifelong.json" and isinstance(value, dict):
+                    found.append(value.get("data", value))
+                collect(value)
+
+    collect(json.loads(shown))
+    assert any(d.get("average_accuracy") == metrics["average_accuracy"] for d in found), shown[:2000]
+    assert "average_accuracy" in run(["dvc", "metrics", "show"], root).stdout
+
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], root).stdout)["data"]
+    expected = {"plots/lifelong_curve.csv", "plots/average_accuracy.csv", "plots/accuracy_matrix.png"}
+    assert expected <= set(plots)
+    # the lifelong curve: one row per (task, epoch), loss and accuracy drawn against the step
+    values = plots["plots/lifelong_curve.csv"][0]["content"]["data"]["values"]
+    assert {v["field"] for v in values} == {"loss", "accuracy"}
+    rows = sorted({(v["task"], v["epoch"]) for v in values})
+    assert rows == [(str(t), str(e)) for t in range(3) for e in (1, 2)]
+    for out in ("data/store", "data/split", "data/replay", "data/counts", "models/pretrain.pt",
+                "models/qat8.pt", "plots/pretrain_curve.csv", "plots/qat8_curve.csv",
+                "plots/lifelong_curve.csv"):
+        assert (root / out).exists(), out
+    models = sorted(p.name for p in (root / "models" / "lifelong").iterdir())
+    assert models == ["task0.pt", "task1.pt", "task2.pt"]
+
+
+@pytest.mark.integration
+def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(reproduced, tmp_path):
+    root = shutil.copytree(reproduced[0], tmp_path / "repo", symlinks=True)
+    metrics_before = json.loads((root / "metrics" / "lifelong.json").read_text())
+    set_param(root, "lifelong.ll_lambda", 10.0)
+
+    status = json.loads(run(["dvc", "status", "--json"], root).stdout)
+    assert set(status) == {"lifelong"}, status
+    assert "lifelong.ll_lambda" in json.dumps(status["lifelong"])
+
+    output = run(["dvc", "repro"], root, timeout=LONG).stdout
+    assert ran_stages(output) == ["lifelong", "evaluate"]
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
+    assert json.loads((root / "metrics" / "lifelong.json").read_text()) != metrics_before
+
+    # Snakemake agrees: once it has run everything (and recorded its params), the same kind of
+    # edit plans exactly lifelong and evaluate.
+    run(["snakemake", "--cores", "2", "--forceall", "all"], root, timeout=LONG)
+    assert planned_jobs(root, "all") == {}
+    set_param(root, "lifelong.ll_lambda", 1.0)
+    assert planned_jobs(root, "all") == {"lifelong": 1, "evaluate": 1, "all": 1}
+
+
+def test_pipeline_check_detects_a_stage_table_edit(tmp_path):
+    check = ["python", "-m", "lq.pipeline", "check"]
+    assert run(check, REPO, check=False).returncode == 0
+
+    root = copy_project(tmp_path / "repo")
+    assert run(check, root, check=False).returncode == 0
+    table = root / "workflow" / "stages.yaml"
+    text = table.read_text()
+    old = "doc: Sample a share of each task's training images for replay (SPEC 2)."
+    assert old in text
+    table.write_text(text.replace(old, "doc: Sample a share of each task's training images for rehearsal."))
+    stale = run(check, root, check=False)
+    assert stale.returncode == 1
+    assert "dvc.yaml is out of date" in stale.stderr
+    # Regenerating brings it back in line, and the new doc reaches dvc.yaml.
+    run(["python", "-m", "lq.pipeline", "write"], root)
+    assert run(check, root, check=False).returncode == 0
+    assert "for rehearsal." in (root / "dvc.yaml").read_text()
