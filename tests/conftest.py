@@ -45,17 +45,33 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def new_project(root: Path) -> Path:
+    """A copy of the repo at `root`, as a fresh git + DVC repository."""
+    copy_project(root)
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "test@example.com"],
+                ["git", "config", "user.name", "lq tests"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "project"]):
+        run(cmd, root)
+    return root
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of the repo, as a fresh git + DVC repository."""
-    root = copy_project(tmp_path / "repo")
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "test@example.com"], root)
-    run(["git", "config", "user.name", "lq tests"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "project"], root)
-    return root
+    return new_project(tmp_path / "repo")
+
+
+def job_stats(snakemake_output: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table Snakemake prints ({} when nothing is to do)."""
+    if "Job stats:" not in snakemake_output:
+        assert "Nothing to be done" in snakemake_output, snakemake_output
+        return {}
+    stats = snakemake_output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {name: int(n) for name, n in (l.split() for l in stats.splitlines()[3:] if l.strip())}
+
+
+def planned_jobs(root: Path, *targets: str) -> dict[str, int]:
+    """Rule -> job count of a Snakemake dry run."""
+    return job_stats(run(["snakemake", "-n", *targets], root).stdout)
 
 
 def set_param(root: Path, key: str, value) -> None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import copy
 import errno
-import io
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import run, set_param, tree_bytes
+from tests.conftest import planned_jobs, run, set_param, tree_bytes
 
 DATA_STAGES = ["download", "split", "replay", "count"]
 DATA_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts"]
@@ -18,11 +18,6 @@ def snakemake_data(root, *extra):
     return run(["snakemake", "--cores", "2", *extra, *DATA_OUTPUTS], root)
 
 
-def planned_jobs(root, *targets) -> dict[str, int]:
-    """Rule -> job count from the 'Job stats' table of a Snakemake dry run."""
-    out = run(["snakemake", "-n", *targets], root).stdout
-    stats = out.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {name: int(n) for name, n in (l.split() for l in stats.splitlines()[3:] if l.strip())}
 
 
 def ran_stages(dvc_output: str) -> list[str]:

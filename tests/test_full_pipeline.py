@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_project, run, set_param
+from tests.conftest import REPO, copy_project, new_project, planned_jobs, run, set_param
 
 STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate"]
 FAST = {
@@ -21,14 +21,6 @@ FAST = {
 LONG = 3600
 
 
-def new_project(root: Path) -> Path:
-    """What conftest's `project` fixture makes, at `root` (usable from module-scoped fixtures)."""
-    copy_project(root)
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "test@example.com"],
-                ["git", "config", "user.name", "lq tests"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "project"]):
-        run(cmd, root)
-    return root
 
 
 def ran_stages(dvc_output: str) -> list[str]:
@@ -37,14 +29,6 @@ def ran_stages(dvc_output: str) -> list[str]:
     return [s for pos, s in sorted(found) if pos >= 0]
 
 
-def planned_jobs(root, *targets) -> dict[str, int]:
-    """Rule -> job count from the 'Job stats' table of a Snakemake dry run."""
-    out = run(["snakemake", "-n", *targets], root).stdout
-    if "Job stats:" not in out:
-        assert "Nothing to be done" in out, out
-        return {}
-    stats = out.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {name: int(n) for name, n in (l.split() for l in stats.splitlines()[3:] if l.strip())}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 from lq.errors import LqError
 from lq.pipeline import stage_by_name
 from lq.train import checkpoint
-from tests.conftest import copy_project, run, set_param, tool_env
+from tests.conftest import job_stats, new_project, run, set_param, tool_env
 
 pytestmark = pytest.mark.integration
 
@@ -49,14 +49,6 @@ LONG = 3600
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def new_project(root: Path) -> Path:
-    """What conftest's `project` fixture makes, at `root` (usable from module-scoped fixtures)."""
-    copy_project(root)
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "test@example.com"],
-                ["git", "config", "user.name", "lq tests"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "project"]):
-        run(cmd, root)
-    return root
 
 
 def clone(src: Path, dest: Path) -> Path:
@@ -72,10 +64,6 @@ def run_with_env(cmd: list[str], cwd: Path, extra: dict[str, str],
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def job_stats(snakemake_output: str) -> dict[str, int]:
-    """Rule -> job count from the 'Job stats' table Snakemake prints before running."""
-    stats = snakemake_output.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {name: int(n) for name, n in (l.split() for l in stats.splitlines()[3:] if l.strip())}
 
 
 def ran_stages(dvc_output: str) -> list[str]:

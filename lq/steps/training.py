@@ -12,8 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lq.methods import Method, create_method
-from lq.methods.base import TaskContext
+from lq.methods import Method
 from lq.steps.io import read_table
 from lq.train import checkpoint
 from lq.train.checkpoint import ResumeDir
