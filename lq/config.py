@@ -2,7 +2,8 @@
 
 Parameters live in one file. A preset (`preset: paper`) overlays `presets.<name>` on the top-level
 values, so the paper configuration is one switch away. Command-line overrides (`--set key=value`,
-used by the Snakefile to pass each rule exactly its resolved keys) come last. The result is checked
+used by the Snakefile to pass each rule exactly its resolved keys) come next, and a grid cell's axis
+values (`--axis seed=0`, see `lq.grid`) last. The result is checked
 against `workflow/schemas/params.schema.yaml`, and a rejected value is reported with its key, its
 value and what is allowed, before any work starts.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from lq import grid
 from lq.errors import LqError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,8 +98,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise LqError(f"override '{text}': value is not valid YAML: {exc}") from None
 
 
-def resolve(raw: Mapping, overrides: Iterable[tuple[str, Any]] = ()) -> dict:
-    """Apply the selected preset, then the overrides, then validate."""
+def resolve(raw: Mapping, overrides: Iterable[tuple[str, Any]] = (), axes: Mapping[str, str] | None = None) -> dict:
+    """Apply the selected preset, then the overrides, then one grid cell's axis values; validate."""
     config = dict(raw)
     overrides = list(overrides)
     preset = dict(overrides).get("preset", config.get("preset"))
@@ -109,6 +111,8 @@ def resolve(raw: Mapping, overrides: Iterable[tuple[str, Any]] = ()) -> dict:
         )
     config = deep_merge(config, presets[preset] or {})
     for key, value in overrides:
+        set_key(config, key, value)
+    for key, value in grid.apply(axes or {}):
         set_key(config, key, value)
     validate(config)
     return config
@@ -143,9 +147,9 @@ def validate_all_presets(raw: Mapping) -> None:
             raise LqError(f"preset '{name}': {exc}") from None
 
 
-def load(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> dict:
+def load(path: str | Path = "params.yaml", overrides: Iterable[str] = (), axes: Mapping[str, str] | None = None) -> dict:
     """Read, resolve and validate a params file; `overrides` are 'key=value' strings."""
-    return resolve(read_yaml(path), [parse_override(o) for o in overrides])
+    return resolve(read_yaml(path), [parse_override(o) for o in overrides], axes)
 
 
 class StageParams(Mapping):
@@ -155,9 +159,10 @@ class StageParams(Mapping):
     DVC do not track for it (which would make them skip a rerun that is needed).
     """
 
-    def __init__(self, config: Mapping, keys: Iterable[str], stage: str):
+    def __init__(self, config: Mapping, keys: Iterable[str], stage: str, cell: Mapping[str, str] | None = None):
         self._stage = stage
-        self._values = {key: copy.deepcopy(get_key(config, key)) for key in keys}
+        self.cell = dict(cell or {})
+        self._values = {key: copy.deepcopy(get_key(config, key)) for key in (*keys, *grid.keys(self.cell))}
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._values:
@@ -172,6 +177,11 @@ class StageParams(Mapping):
 
     def __len__(self) -> int:
         return len(self._values)
+
+    @property
+    def run_name(self) -> str:
+        """The stage and its grid cell, e.g. 'lifelong-lifequant-w4a4-proxq-seed0' (logs, resume)."""
+        return "-".join(filter(None, [self._stage, grid.cell_name(self.cell)]))
 
     def section(self, prefix: str) -> dict[str, Any]:
         """The declared keys under 'prefix.' as a flat dict without the prefix."""

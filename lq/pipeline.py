@@ -1,17 +1,23 @@
 """The stage table (`workflow/stages.yaml`) and the two views of it: Snakemake rules and dvc.yaml.
 
 Both tools must agree on what each stage runs, reads and writes, so neither file is written by
-hand: the Snakefile calls `Stage.snakemake_*` while building its rules, and `dvc.yaml` is
-rendered by `render_dvc_yaml` (`python -m lq.pipeline write`; `check` fails on drift).
+hand: the Snakefile builds its rules from `Stage` while loading, and `dvc.yaml` is rendered by
+`render_dvc_yaml` (`python -m lq.pipeline write`; `check` fails on drift).
+
+Grid axes (`lq.grid`) appear in paths as `{axis}` placeholders. A placeholder of one of the
+stage's own axes is a Snakemake wildcard and a DVC `${item.axis}`; a placeholder of another
+axis in a dependency *gathers* over the grid (the aggregate stage reads every run's metrics).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import re
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,7 @@ from typing import Any
 import yaml
 
 from lq import config as lqconfig
+from lq import grid
 from lq.atomic import write_text
 from lq.errors import LqError
 
@@ -28,6 +35,23 @@ DVC_HEADER = (
     "# GENERATED from workflow/stages.yaml by `python -m lq.pipeline write`: do not edit.\n"
     "# tests/test_pipeline.py fails when this file differs from a fresh generation.\n"
 )
+FIELDS = {"doc", "cmd", "axes", "code", "deps", "outs", "params", "metrics", "plots", "report", "resources"}
+
+
+def placeholders(path: str) -> list[str]:
+    """The grid axes a path varies over: 'models/seed{seed}/{quantizer}/qat8.pt' -> [seed, quantizer]."""
+    return re.findall(r"\{(\w+)\}", path)
+
+
+def fill(path: str, values: Mapping[str, str]) -> str:
+    """Replace the placeholders named in `values`; leave the others as they are."""
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m[1], m[0]), path)
+
+
+def fixed_prefix(path: str) -> str:
+    """The folder above a path's first placeholder: how DVC depends on a gathered pattern."""
+    head = path.split("{", 1)[0]
+    return head.rsplit("/", 1)[0] if "/" in head else "."
 
 
 @dataclass(frozen=True)
@@ -41,9 +65,15 @@ class Stage:
     deps: dict[str, str]
     outs: dict[str, str]
     params: tuple[str, ...]
+    axes: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
+    report: dict[str, dict[str, str]] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
+
+    def gathered(self, path: str) -> list[str]:
+        """Axes a dependency collects over (not the stage's own)."""
+        return [a for a in placeholders(path) if a not in self.axes]
 
     def outputs(self) -> dict[str, tuple[str, bool]]:
         """Named outputs as (path, is_directory); a trailing '/' in the table marks a directory."""
@@ -58,13 +88,19 @@ class Stage:
         """Output paths without the directory marker."""
         return [p.rstrip("/") for p in self.outs.values()]
 
-    def command(self, params_file: str = "params.yaml") -> str:
-        """The shell command, paths quoted, as DVC runs it."""
-        quoted = lambda paths: {k: shlex.quote(v.rstrip("/")) for k, v in paths.items()}  # noqa: E731
-        cmd = self.cmd_template.format(deps=quoted(self.deps), outs=quoted(self.outs))
-        return f"{cmd} --params {shlex.quote(params_file)}"
+    def command(self, params_file: str = "params.yaml", item: Callable[[str], str] = "{{{}}}".format) -> str:
+        """The shell command, paths quoted; `item(axis)` is how the tool writes an axis value.
 
-    def command_with_values(self, config: Mapping, params_file: str = "params.yaml") -> str:
+        Gathered placeholders stay literal (`{seed}`): the step expands them over the grid.
+        """
+        own = {a: item(a) for a in self.axes}
+        quoted = lambda paths: {k: shlex.quote(fill(v.rstrip("/"), own)) for k, v in paths.items()}  # noqa: E731
+        cmd = self.cmd_template.format(deps=quoted(self.deps), outs=quoted(self.outs))
+        cell = [f"--axis {a}={own[a]}" for a in self.axes]
+        return " ".join([cmd, "--params", shlex.quote(params_file), *cell])
+
+    def command_with_values(self, config: Mapping, params_file: str = "params.yaml",
+                            item: Callable[[str], str] = "{{{}}}".format) -> str:
         """The command plus `--set key=value` for each declared key (Snakemake's view).
 
         Snakemake may run with `--config` overrides that params.yaml does not hold; passing the
@@ -74,7 +110,7 @@ class Stage:
             "--set " + shlex.quote(f"{key}={json.dumps(lqconfig.get_key(config, key))}")
             for key in self.params
         ]
-        return " ".join([self.command(params_file), *sets])
+        return " ".join([self.command(params_file, item), *sets])
 
     def dvc_params(self, raw_params: Mapping) -> list[str]:
         """Keys DVC tracks: the declared ones, plus every preset override of them.
@@ -108,7 +144,7 @@ def load_table(path: Path = TABLE_PATH) -> tuple[str, list[Stage]]:
     data = lqconfig.read_yaml(path)
     stages = []
     for name, row in (data.get("stages") or {}).items():
-        unknown = set(row) - {"doc", "cmd", "code", "deps", "outs", "params", "metrics", "plots", "resources"}
+        unknown = set(row) - FIELDS
         if unknown:
             raise LqError(f"{path}: stage '{name}' has unknown fields {sorted(unknown)}")
         stage = Stage(
@@ -119,20 +155,26 @@ def load_table(path: Path = TABLE_PATH) -> tuple[str, list[Stage]]:
             deps=dict(row.get("deps") or {}),
             outs=dict(row.get("outs") or {}),
             params=_as_tuple(row.get("params"), "params", name),
+            axes=tuple(grid.axis(a).name for a in _as_tuple(row.get("axes"), "axes", name)),
             metrics=_as_tuple(row.get("metrics"), "metrics", name),
             plots=_as_tuple(row.get("plots"), "plots", name),
+            report=dict(row.get("report") or {}),
             resources=dict(row.get("resources") or {}),
         )
         for extra in (*stage.metrics, *stage.plots):
             if extra not in stage.outs.values():
                 raise LqError(f"{path}: stage '{name}': metric/plot '{extra}' is not one of its outs")
+        for out_name in stage.report:
+            if out_name not in stage.outs:
+                raise LqError(f"{path}: stage '{name}': report entry '{out_name}' is not one of its outs")
         stages.append(stage)
     _check_graph(stages, path)
     return data.get("params_file", "params.yaml"), stages
 
 
 def _check_graph(stages: list[Stage], path: Path) -> None:
-    """Every data dependency is produced by an earlier stage, and no path has two producers."""
+    """Every dependency is made by an earlier stage, no path has two producers, and every output
+    names all its stage's axes (else two grid cells would write the same file)."""
     produced: dict[str, str] = {}
     for stage in stages:
         for dep in stage.deps.values():
@@ -141,6 +183,9 @@ def _check_graph(stages: list[Stage], path: Path) -> None:
         for out in stage.outs.values():
             if out in produced:
                 raise LqError(f"{path}: '{out}' is made by both '{produced[out]}' and '{stage.name}'")
+            if sorted(placeholders(out)) != sorted(stage.axes):
+                raise LqError(f"{path}: stage '{stage.name}' runs per {list(stage.axes)}, so its output "
+                              f"'{out}' must name exactly those placeholders")
             produced[out] = stage.name
 
 
@@ -151,35 +196,42 @@ def stage_by_name(name: str, path: Path = TABLE_PATH) -> Stage:
     raise LqError(f"no stage named '{name}' in {path}")
 
 
+def _dvc_item(axis: str) -> str:
+    return "${item.%s}" % axis
+
+
 def render_dvc_yaml(stages: list[Stage], params_file: str, raw_params: Mapping,
                     plot_specs: Mapping[str, Any] | None = None) -> str:
-    """dvc.yaml for the table: per-key params, code deps, metrics and plots kept in git.
+    """dvc.yaml for the table: `matrix` stages over grid axes, per-key params, code deps.
 
-    Metrics and plots are ordinary outputs with `cache: false` (small, diffable, versioned by
-    git so `dvc metrics diff main branch` needs no remote), declared again at top level where
-    `dvc metrics` and `dvc plots` look for them.
+    A stage over axes gets `matrix: {axis: ${grid.axis}}`, interpolated by DVC from params.yaml,
+    so editing the grid needs no new dvc.yaml. Metrics and plots are stage outputs with
+    `cache: false` (small, diffable, versioned by git so `dvc metrics diff main branch` needs no
+    remote). A gathered dependency is the folder above its pattern (DVC has no globs).
     """
+    specs = plot_specs or {}
     doc: dict[str, Any] = {"stages": {}}
     for stage in stages:
-        special = {*stage.metrics, *stage.plots}
-        entry: dict[str, Any] = {
-            "desc": stage.doc,
-            "cmd": stage.command(params_file),
-            "deps": [*stage.code, *stage.inputs().values()],
-        }
+        own = {a: _dvc_item(a) for a in stage.axes}
+        entry: dict[str, Any] = {"desc": stage.doc}
+        if stage.axes:
+            entry["matrix"] = {a: "${grid.%s}" % a for a in stage.axes}
+        entry["cmd"] = stage.command(params_file, _dvc_item)
+        deps = [fixed_prefix(d) if stage.gathered(d) else fill(d, own) for d in stage.inputs().values()]
+        entry["deps"] = [*stage.code, *dict.fromkeys(deps)]
         params = stage.dvc_params(raw_params)
         if params:
             entry["params"] = params
-        entry["outs"] = [{path: {"cache": False}} if raw in special else path
-                         for raw, (path, _) in zip(stage.outs.values(), stage.outputs().values())]
+        sections: dict[str, list] = {"outs": [], "metrics": [], "plots": []}
+        for raw in stage.outs.values():
+            path = fill(raw.rstrip("/"), own)
+            if raw in stage.metrics or raw in stage.plots:
+                spec = copy.deepcopy(specs.get(raw) or {})
+                sections["metrics" if raw in stage.metrics else "plots"].append({path: {"cache": False, **spec}})
+            else:
+                sections["outs"].append(path)
+        entry.update({name: items for name, items in sections.items() if items})
         doc["stages"][stage.name] = entry
-    metrics = [m for stage in stages for m in stage.metrics]
-    if metrics:
-        doc["metrics"] = metrics
-    plots = [p for stage in stages for p in stage.plots]
-    if plots:
-        specs = plot_specs or {}
-        doc["plots"] = [{p: specs[p]} if specs.get(p) else p for p in plots]
     return DVC_HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)
 
 

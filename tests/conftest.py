@@ -13,7 +13,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # What a clone holds; generated outputs, caches and the venv stay behind.
 PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "lq", ".dvcignore", ".gitignore",
-                 "data/.gitignore", "pyproject.toml"]
+                 "data/.gitignore", "models/.gitignore", "results/.gitignore", "pyproject.toml"]
+# The default grid cell (params.yaml: grid = lifequant, w4a4, proxq, seed 0) and its outputs.
+CELL = "seed0/proxq/lifequant-w4a4"
+CELL_AXES = ["--axis", "method=lifequant", "--axis", "bits=w4a4", "--axis", "quantizer=proxq", "--axis", "seed=0"]
+PRETRAIN = "models/seed0/pretrain.pt"
+QAT8 = "models/seed0/proxq/qat8.pt"
+LIFELONG = f"models/{CELL}"
+METRICS = f"metrics/{CELL}.json"
+LIFELONG_CURVE = f"plots/{CELL}/lifelong_curve.csv"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake_timestamp")
 
 

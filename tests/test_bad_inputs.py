@@ -8,6 +8,7 @@ the Snakefile call first); file rows through the functions the stages call.
 from __future__ import annotations
 
 import copy
+import re
 import errno
 from pathlib import Path
 
@@ -45,8 +46,8 @@ PARAMS = [
     ("replay.replay_rate", 2, "(0, 1]"),
     ("model.arch", "resnet18", "registered model name"),
     ("model.act_range", 0, "> 0"),
-    ("quant.weight_quantizer", "apot", "weight quantizer name"),
-    ("quant.act_quantizer", "pact", "activation quantizer name"),
+    ("grid.quantizer", ["apot"], "QAT weight quantizer"),
+    ("grid.quantizer", [], "non-empty list"),
     ("train.device", "tpu", "auto, cpu, cuda or cuda:N"),
     ("train.batch_size", 0, ">= 1"),
     ("train.momentum", 1.5, "[0, 1)"),
@@ -54,8 +55,9 @@ PARAMS = [
     ("pretrain.epochs", 0, ">= 1"),
     ("pretrain.lr", -0.1, "> 0"),
     ("qat8.weight_bits", 16, "bit width"),
-    ("lifelong.act_bits", 0, "bit width"),
-    ("lifelong.method", "icarl", "lifelong method name"),
+    ("grid.bits", ["w4a0"], "wKaK"),
+    ("grid.method", ["icarl"], "lifelong method name"),
+    ("grid.seed", ["0"], "training seed"),
     ("lifelong.ll_lambda", -5, ">= 0"),
     ("lifelong.ball_form", "mixed", "additive or multiplicative"),
 ]
@@ -68,7 +70,8 @@ def test_bad_parameter(key, value, words):
     with pytest.raises(LqError) as info:
         lqconfig.resolve(raw)
     message = str(info.value)
-    assert f"{key} = " in message and words in message, message
+    # a list entry is named with its index: grid.method.0 = "icarl"
+    assert re.search(rf"{re.escape(key)}(\.\d+)? = ", message) and words in message, message
 
 
 def test_unknown_key_is_named():

@@ -22,7 +22,9 @@ def test_paper_preset_is_the_papers_configuration():
     assert paper["split"] == {"num_tasks": 3, "diminish_rate": 0.25}
     assert paper["replay"]["replay_rate"] == 0.2
     assert (paper["qat8"]["weight_bits"], paper["qat8"]["act_bits"]) == (8, 8)
-    assert (paper["lifelong"]["weight_bits"], paper["lifelong"]["act_bits"]) == (4, 4)
+    assert paper["grid"]["bits"] == ["w4a4"] and paper["grid"]["method"] == ["lifequant"]
+    cell = lqconfig.resolve(RAW, [("preset", "paper")], {"bits": "w4a4", "method": "lifequant"})
+    assert (cell["lifelong"]["weight_bits"], cell["lifelong"]["act_bits"]) == (4, 4)
     assert paper["lifelong"]["ll_lambda"] == 100
     assert paper["lifelong"]["epochs"] == 30 and paper["lifelong"]["milestones"] == [10, 20]
 
@@ -48,11 +50,16 @@ INVALID = [
     ("data.test_fraction", 1.0, "(0, 1)"),
     ("data.download", "True", "true/false"),
     ("model.arch", "resnet18", "registered model name"),
-    ("quant.weight_quantizer", "foo", "weight quantizer"),
     ("train.device", "gpu", "cuda:N"),
     ("train.batch_size", 0, ">= 1"),
-    ("lifelong.weight_bits", 9, "bit width"),
-    ("lifelong.method", "magic", "lifelong method"),
+    ("grid.bits", ["w9a4"], "w4a4"),
+    ("grid.bits", ["4"], "wKaK"),
+    ("grid.method", ["magic"], "lifelong method"),
+    ("grid.method", [], "non-empty"),
+    ("grid.seed", [0, 0], "distinct"),
+    ("grid.seed", [-1], "grid.seed"),
+    ("grid.quantizer", ["apot"], "quantizer"),
+    ("grid.quantizer", "proxq", "non-empty list"),
     ("lifelong.ll_lambda", -1, ">= 0"),
     ("pretrain.lr", 0, "> 0"),
 ]
@@ -97,3 +104,26 @@ def test_stage_params_refuse_undeclared_keys():
 def test_malformed_override():
     with pytest.raises(LqError, match="key=value"):
         lqconfig.parse_override("split.num_tasks")
+
+
+def test_a_cell_sets_the_keys_its_axes_stand_for():
+    cell = lqconfig.resolve(RAW, axes={"method": "ewc", "bits": "w2a8", "quantizer": "lsq", "seed": "7"})
+    assert cell["lifelong"]["method"] == "ewc"
+    assert (cell["lifelong"]["weight_bits"], cell["lifelong"]["act_bits"]) == (2, 8)
+    assert cell["quant"] == {"weight_quantizer": "lsq", "act_quantizer": "lsq"}
+    assert cell["train"]["seed"] == 7
+    assert lqconfig.resolve(RAW, axes={"quantizer": "dorefa"})["quant"]["act_quantizer"] == "uniform"
+
+
+def test_a_cell_value_outside_the_schema_is_named():
+    with pytest.raises(LqError, match="lifelong.weight_bits = 9"):
+        lqconfig.resolve(RAW, axes={"bits": "w9a4"})
+    with pytest.raises(LqError, match="unknown grid axis 'lr'"):
+        lqconfig.resolve(RAW, axes={"lr": "0.1"})
+
+
+def test_a_preset_cannot_set_the_grid():
+    raw = copy.deepcopy(RAW)
+    raw["presets"]["paper"]["grid"] = {"seed": [1]}
+    with pytest.raises(LqError, match="cannot set `grid`"):
+        lqconfig.resolve(raw)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_project, new_project, planned_jobs, run, set_param
+from tests.conftest import (CELL, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, REPO, copy_project, new_project,
+                            planned_jobs, run, set_param)
 
-STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate"]
+STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate"]
 FAST = {
     "pretrain.epochs": 3, "pretrain.milestones": [2],
     "qat8.epochs": 2, "qat8.milestones": [1],
@@ -24,8 +25,8 @@ LONG = 3600
 
 
 def ran_stages(dvc_output: str) -> list[str]:
-    """Stages `dvc repro` ran, in the order it ran them."""
-    found = [(dvc_output.find(f"Running stage '{s}'"), s) for s in STAGES]
+    """Stages `dvc repro` ran, in the order it ran them (a grid stage by its name before '@')."""
+    found = [(max(dvc_output.find(f"Running stage '{s}'"), dvc_output.find(f"Running stage '{s}@")), s) for s in STAGES]
     return [s for pos, s in sorted(found) if pos >= 0]
 
 
@@ -46,16 +47,16 @@ def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduce
     root, output = reproduced
     assert ran_stages(output) == STAGES
     assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
-    metrics = json.loads((root / "metrics" / "lifelong.json").read_text())
+    metrics = json.loads((root / METRICS).read_text())
 
     shown = run(["dvc", "metrics", "show", "--json"], root).stdout
-    assert "metrics/lifelong.json" in shown
+    assert METRICS in shown
     found = []
 
     def collect(node):  # the JSON layout differs across DVC versions: find the file's data anywhere
         if isinstance(node, dict):
             for key, value in node.items():
-                if key == "metrics/lifelong.json" and isinstance(value, dict):
+                if key == METRICS and isinstance(value, dict):
                     found.append(value.get("data", value))
                 collect(value)
 
@@ -64,42 +65,43 @@ def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduce
     assert "average_accuracy" in run(["dvc", "metrics", "show"], root).stdout
 
     plots = json.loads(run(["dvc", "plots", "show", "--json"], root).stdout)["data"]
-    expected = {"plots/lifelong_curve.csv", "plots/average_accuracy.csv", "plots/accuracy_matrix.png"}
+    expected = {LIFELONG_CURVE, f"plots/{CELL}/average_accuracy.csv", f"plots/{CELL}/accuracy_matrix.png",
+                "results/accuracy_matrices.png", "results/average_accuracy.png", "results/forgetting.png"}
     assert expected <= set(plots)
     # the lifelong curve: one row per (task, epoch), loss and accuracy drawn against the step
-    values = plots["plots/lifelong_curve.csv"][0]["content"]["data"]["values"]
-    assert {v["field"] for v in values} == {"loss", "accuracy"}
+    values = plots[LIFELONG_CURVE][0]["content"]["data"]["values"]
+    assert {v["field"] for v in values} == {"accuracy"}
     rows = sorted({(v["task"], v["epoch"]) for v in values})
     assert rows == [(str(t), str(e)) for t in range(3) for e in (1, 2)]
-    for out in ("data/store", "data/split", "data/replay", "data/counts", "models/pretrain.pt",
-                "models/qat8.pt", "plots/pretrain_curve.csv", "plots/qat8_curve.csv",
-                "plots/lifelong_curve.csv"):
+    for out in ("data/store", "data/split", "data/replay", "data/counts", PRETRAIN, QAT8,
+                "plots/seed0/pretrain_curve.csv", "plots/seed0/proxq/qat8_curve.csv", LIFELONG_CURVE,
+                "results/summary.csv", "results/summary.md"):
         assert (root / out).exists(), out
-    models = sorted(p.name for p in (root / "models" / "lifelong").iterdir())
+    models = sorted(p.name for p in (root / LIFELONG).iterdir())
     assert models == ["task0.pt", "task1.pt", "task2.pt"]
 
 
 @pytest.mark.integration
 def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(reproduced, tmp_path):
     root = shutil.copytree(reproduced[0], tmp_path / "repo", symlinks=True)
-    metrics_before = json.loads((root / "metrics" / "lifelong.json").read_text())
+    metrics_before = json.loads((root / METRICS).read_text())
     set_param(root, "lifelong.ll_lambda", 10.0)
 
     status = json.loads(run(["dvc", "status", "--json"], root).stdout)
-    assert set(status) == {"lifelong"}, status
-    assert "lifelong.ll_lambda" in json.dumps(status["lifelong"])
+    assert set(status) == {"lifelong@lifequant-w4a4-proxq-0"}, status
+    assert "lifelong.ll_lambda" in json.dumps(status)
 
     output = run(["dvc", "repro"], root, timeout=LONG).stdout
-    assert ran_stages(output) == ["lifelong", "evaluate"]
+    assert ran_stages(output) == ["lifelong", "evaluate", "aggregate"]
     assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
-    assert json.loads((root / "metrics" / "lifelong.json").read_text()) != metrics_before
+    assert json.loads((root / METRICS).read_text()) != metrics_before
 
     # Snakemake agrees: once it has run everything (and recorded its params), the same kind of
     # edit plans exactly lifelong and evaluate.
     run(["snakemake", "--cores", "2", "--forceall", "all"], root, timeout=LONG)
     assert planned_jobs(root, "all") == {}
     set_param(root, "lifelong.ll_lambda", 1.0)
-    assert planned_jobs(root, "all") == {"lifelong": 1, "evaluate": 1, "all": 1}
+    assert planned_jobs(root, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
 
 
 def test_pipeline_check_detects_a_stage_table_edit(tmp_path):

@@ -106,7 +106,7 @@ def same(a, b):
 
 def test_schema_enum_is_the_registry():
     schema = lqconfig.load_schema()
-    enum = schema["properties"]["lifelong"]["properties"]["method"]["enum"]
+    enum = schema["$defs"]["method"]["enum"]
     assert sorted(enum) == list_methods()
     assert {"lifequant", "finetune", "ewc", "mas", "si", "rwalk", "scp", "joint"} <= set(list_methods())
 

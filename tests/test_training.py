@@ -20,13 +20,14 @@ import torch
 from lq.errors import LqError
 from lq.pipeline import stage_by_name
 from lq.train import checkpoint
-from tests.conftest import job_stats, new_project, run, set_param, tool_env
+from tests.conftest import (CELL_AXES, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, job_stats, new_project, run,
+                            set_param, tool_env)
 
 pytestmark = pytest.mark.integration
 
 STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate"]
-# Everything `lifelong` needs: with these made, a run of `metrics/lifelong.json` is lifelong + evaluate.
-UPSTREAM_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts", "models/qat8.pt"]
+# Everything `lifelong` needs: with these made, a run of METRICS is lifelong + evaluate.
+UPSTREAM_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts", QAT8]
 UPSTREAM_STAGES = ["download", "split", "replay", "count", "pretrain", "qat8"]
 # Short training for the resume tests. The lifelong milestone (2) falls after the kill points, so
 # a resume that lost the scheduler state would train epoch 3 at the wrong learning rate.
@@ -67,7 +68,8 @@ def run_with_env(cmd: list[str], cwd: Path, extra: dict[str, str],
 
 
 def ran_stages(dvc_output: str) -> list[str]:
-    return [s for s in STAGES if f"Running stage '{s}'" in dvc_output]
+    """Stages DVC ran (a grid stage counts by its name before the '@<cell>')."""
+    return [s for s in STAGES if f"Running stage '{s}'" in dvc_output or f"Running stage '{s}@" in dvc_output]
 
 
 def flat(obj, prefix: str = "") -> dict[str, object]:
@@ -109,15 +111,15 @@ def num_tasks(root: Path) -> int:
 
 def assert_same_lifelong_result(root: Path, reference: Path) -> None:
     """Metrics, curve and every task checkpoint (model and method state) equal the reference's."""
-    got = json.loads((root / "metrics" / "lifelong.json").read_text())
-    want = json.loads((reference / "metrics" / "lifelong.json").read_text())
+    got = json.loads((root / METRICS).read_text())
+    want = json.loads((reference / METRICS).read_text())
     assert got["accuracy_matrix"] == want["accuracy_matrix"]
     assert got == want
-    curve = Path("plots") / "lifelong_curve.csv"
+    curve = Path(LIFELONG_CURVE)
     assert (root / curve).read_bytes() == (reference / curve).read_bytes()
     for t in range(num_tasks(reference)):
-        mine = load_ckpt(root / "models" / "lifelong" / f"task{t}.pt")
-        ref = load_ckpt(reference / "models" / "lifelong" / f"task{t}.pt")
+        mine = load_ckpt(root / LIFELONG / f"task{t}.pt")
+        ref = load_ckpt(reference / LIFELONG / f"task{t}.pt")
         assert_same(mine["model"], ref["model"], f"task{t}.pt model")
         # LifeQuant has no importance yet while training task 0
         assert_same(mine["method"], ref["method"], f"task{t}.pt method state", may_be_empty=t == 0)
@@ -125,7 +127,7 @@ def assert_same_lifelong_result(root: Path, reference: Path) -> None:
 
 
 def resume_folders(root: Path) -> list[Path]:
-    return sorted((root / ".lq-resume").glob("lifelong-*"))
+    return sorted((root / ".lq-resume").glob("lifelong-*/*"))
 
 
 def assert_resume_state_gone(root: Path) -> None:
@@ -137,16 +139,16 @@ def assert_resume_state_gone(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory) -> Path:
-    """The default parameters (digits, 15 + 5 + 3x10 epochs) through `snakemake ... metrics/lifelong.json`."""
+    """The default parameters (digits, 15 + 5 + 3x10 epochs) through `snakemake ... METRICS`."""
     root = new_project(tmp_path_factory.mktemp("default") / "repo")
-    out = run(["snakemake", "--cores", "2", "metrics/lifelong.json"], root, timeout=LONG)
+    out = run(["snakemake", "--cores", "2", METRICS], root, timeout=LONG)
     assert job_stats(out.stdout + out.stderr) == {s: 1 for s in STAGES}
     return root
 
 
 @pytest.fixture(scope="module")
 def metrics(default_run) -> dict:
-    return json.loads((default_run / "metrics" / "lifelong.json").read_text())
+    return json.loads((default_run / METRICS).read_text())
 
 
 def test_fp32_is_far_above_chance_on_task0_and_w8a8_stays_close(metrics):
@@ -193,7 +195,7 @@ def test_w4_model_is_between_an_eighth_and_a_quarter_of_fp32(metrics):
 
 
 def test_lifelong_folder_holds_a_safe_loadable_checkpoint_per_task(default_run):
-    folder = default_run / "models" / "lifelong"
+    folder = default_run / LIFELONG
     T = num_tasks(default_run)
     # (Snakemake marks a finished directory output with .snakemake_timestamp)
     files = sorted(p.name for p in folder.iterdir() if p.name != ".snakemake_timestamp")
@@ -222,28 +224,29 @@ def test_dvc_metrics_show_lists_average_accuracy(default_run, metrics):
     run(["dvc", "commit", "-f"], default_run)
     assert "Data and pipelines are up to date." in run(["dvc", "status"], default_run).stdout
     table = run(["dvc", "metrics", "show"], default_run).stdout
-    assert "metrics/lifelong.json" in table and "average_accuracy" in table
+    assert METRICS in table and "average_accuracy" in table
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], default_run).stdout)
-    data = shown[""]["data"]["metrics/lifelong.json"]["data"]  # "" = the workspace
+    data = shown[""]["data"][METRICS]["data"]  # "" = the workspace
     assert data["average_accuracy"] == metrics["average_accuracy"]
 
 
 def test_evaluate_refuses_a_checkpoint_of_another_bit_width(default_run, tmp_path):
     cmd = ["python", "-m", "lq", "evaluate", "--store", "data/store", "--split", "data/split",
-           "--pretrain", "models/pretrain.pt", "--qat8", "models/qat8.pt", "--lifelong", "models/lifelong",
+           "--pretrain", PRETRAIN, "--qat8", QAT8, "--lifelong", LIFELONG,
            "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.csv"),
-           "--figure", str(tmp_path / "f.png"), "--params", "params.yaml", "--set", "lifelong.weight_bits=8"]
+           "--figure", str(tmp_path / "f.png"), "--params", "params.yaml",
+           *(a.replace("bits=w4a4", "bits=w8a8") for a in CELL_AXES)]
     proc = run(cmd, default_run, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message = proc.stderr
     assert "weight_bits = 4" in message and "weight_bits = 8" in message
-    assert "models/lifelong/task0.pt" in message
+    assert f"{LIFELONG}/task0.pt" in message
     assert "Traceback" not in message
     assert not (tmp_path / "m.json").exists()
 
 
 def test_checkpoint_load_refuses_another_architecture(default_run):
-    path = default_run / "models" / "lifelong" / "task0.pt"
+    path = default_run / LIFELONG / "task0.pt"
     assert checkpoint.load(path, {"arch": "resnet20", "weight_bits": 4})["config"]["arch"] == "resnet20"
     with pytest.raises(LqError) as info:
         checkpoint.load(path, {"arch": "mobilenetv2"})
@@ -256,9 +259,9 @@ def test_checkpoint_load_refuses_another_architecture(default_run):
 
 def lifelong_cmd(out: str, curve: str, epochs: int) -> list[str]:
     return ["python", "-m", "lq", "lifelong", "--store", "data/store", "--split", "data/split",
-            "--replay", "data/replay", "--counts", "data/counts", "--init", "models/qat8.pt",
+            "--replay", "data/replay", "--counts", "data/counts", "--init", QAT8,
             "--out", out, "--curve", curve, "--params", "params.yaml", "--set", f"lifelong.epochs={epochs}",
-            "--set", "train.device=cpu"]
+            "--set", "train.device=cpu", *CELL_AXES]
 
 
 def garble_test_splits(split: Path, num_classes: int) -> None:
@@ -308,7 +311,7 @@ def upstream(tmp_path_factory) -> Path:
     """A project (short training) with every stage before lifelong made by Snakemake.
 
     Not committed to DVC here: `dvc commit` rewrites committed files (new mtimes), after which
-    Snakemake would see models/pretrain.pt as newer than plots/qat8_curve.csv and rerun qat8.
+    Snakemake would see the FP32 checkpoint as newer than the qat8 curve and rerun qat8.
     """
     root = new_project(tmp_path_factory.mktemp("upstream") / "repo")
     for key, value in SHORT.items():
@@ -322,7 +325,7 @@ def upstream(tmp_path_factory) -> Path:
 def uninterrupted(upstream, tmp_path_factory) -> Path:
     """The reference: lifelong + evaluate from `upstream`, never interrupted."""
     root = clone(upstream, tmp_path_factory.mktemp("uninterrupted") / "repo")
-    out = run(["snakemake", "--cores", "2", "metrics/lifelong.json"], root, timeout=LONG)
+    out = run(["snakemake", "--cores", "2", METRICS], root, timeout=LONG)
     assert job_stats(out.stdout + out.stderr) == {"lifelong": 1, "evaluate": 1}
     assert "resuming" not in out.stdout + out.stderr
     assert_resume_state_gone(root)
@@ -332,20 +335,20 @@ def uninterrupted(upstream, tmp_path_factory) -> Path:
 def test_snakemake_kill_in_task1_then_rerun_incomplete_resumes_bit_identical(upstream, uninterrupted,
                                                                               tmp_path):
     root = clone(upstream, tmp_path / "repo")
-    killed = run_with_env(["snakemake", "--cores", "2", "metrics/lifelong.json"], root,
+    killed = run_with_env(["snakemake", "--cores", "2", METRICS], root,
                           {"LQ_TEST_KILL_AFTER": "1:1:2"}, timeout=LONG)
     assert killed.returncode != 0, killed.stdout + killed.stderr
-    assert not (root / "models" / "lifelong" / "task2.pt").exists()
-    assert not (root / "metrics" / "lifelong.json").exists()
+    assert not (root / LIFELONG / "task2.pt").exists()
+    assert not (root / METRICS).exists()
     [resume] = resume_folders(root)
     last = load_ckpt(resume / "last.pt")
     assert (last["task"], last["epoch"]) == (1, 0), "killed in task 1's second epoch: last save is its first"
     assert (resume / "task0.pt").exists() and not (resume / "task1.pt").exists()
 
-    rerun = run(["snakemake", "--cores", "2", "--rerun-incomplete", "metrics/lifelong.json"], root,
+    rerun = run(["snakemake", "--cores", "2", "--rerun-incomplete", METRICS], root,
                 timeout=LONG)
     assert job_stats(rerun.stdout + rerun.stderr) == {"lifelong": 1, "evaluate": 1}
-    log = (root / "logs" / "lifelong.log").read_text()
+    log = (root / "logs" / "lifelong-lifequant-w4a4-proxq-0.log").read_text()
     assert "task 0 already finished in an earlier run" in log
     assert "task 1: resuming after epoch 1" in log
     assert "task 0 epoch 1/3" not in log and "task 1 epoch 1/3" not in log
@@ -359,7 +362,7 @@ def test_dvc_repro_kill_in_task2_then_repro_resumes_bit_identical(upstream, unin
     killed = run_with_env(["dvc", "repro"], root, {**DVC_ENV, "LQ_TEST_KILL_AFTER": "2:0:1"}, timeout=LONG)
     assert killed.returncode != 0, killed.stdout + killed.stderr
     assert ran_stages(killed.stdout) == ["lifelong"], "the upstream stages were committed: only lifelong runs"
-    assert not (root / "models" / "lifelong" / "task2.pt").exists()
+    assert not (root / LIFELONG / "task2.pt").exists()
     [resume] = resume_folders(root)
     last = load_ckpt(resume / "last.pt")
     assert (last["task"], last["epoch"]) == (1, 2), "killed in task 2's 1st epoch: last save is task 1's end"

@@ -35,6 +35,7 @@ class Method:
     """The plain loop: cross-entropy, no penalty (fine-tuning)."""
 
     name: ClassVar[str] = "method"
+    uses_replay: ClassVar[bool] = False  # reads `TaskContext.replay` (so keeps those images stored)
 
     def pool(self, train: pd.DataFrame, earlier_replay: Sequence[pd.DataFrame],
              earlier_train: Sequence[pd.DataFrame], replay_in_pool: bool) -> pd.DataFrame:

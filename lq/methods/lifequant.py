@@ -25,6 +25,7 @@ from lq.methods.registry import register_method
 @register_method
 class LifeQuant(QuadraticMethod):
     name = "lifequant"
+    uses_replay = True
 
     def __init__(self, *, ll_lambda: float, balanced: bool = True, ball_form: str = "additive",
                  noise_importance: bool = False, noise_draws: int = 100, noise_amplitude: float = 0.0,

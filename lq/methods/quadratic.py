@@ -129,6 +129,7 @@ class ReplayImportanceMethod(QuadraticMethod):
     """
 
     state_keys = ("importance", "anchor", "folded")
+    uses_replay = True
 
     def __init__(self, **settings: Any):
         super().__init__(**settings)

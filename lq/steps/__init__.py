@@ -12,12 +12,13 @@ import sys
 from collections.abc import Callable
 
 from lq import config as lqconfig
+from lq import grid
 from lq.errors import LqError
 from lq.pipeline import stage_by_name
 
 log = logging.getLogger("lq")
 
-STEPS = ("download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate")
+STEPS = ("download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate")
 
 
 def parser_for(step: str, description: str) -> argparse.ArgumentParser:
@@ -28,13 +29,26 @@ def parser_for(step: str, description: str) -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a parameter, e.g. --set split.num_tasks=5 (repeatable)",
     )
+    parser.add_argument(
+        "--axis", dest="axes", action="append", default=[], metavar="NAME=VALUE",
+        help="this run's grid cell, e.g. --axis method=ewc --axis seed=1 (the pipeline passes them)",
+    )
     return parser
 
 
 def load_stage_params(step: str, args: argparse.Namespace) -> lqconfig.StageParams:
-    """Validate the whole parameter file, then expose only this stage's declared keys."""
-    config = lqconfig.load(args.params, args.overrides)
-    return lqconfig.StageParams(config, stage_by_name(step).params, step)
+    """Validate the whole parameter file, then expose only this stage's declared keys.
+
+    A stage over grid axes must be told its cell: every axis it depends on, no others.
+    """
+    stage = stage_by_name(step)
+    cell = grid.parse_assignments(args.axes)
+    if set(cell) != set(stage.axes):
+        raise LqError(f"stage '{step}' runs per {', '.join(stage.axes) or 'nothing'}: pass exactly "
+                      + (" ".join(f"--axis {a}=VALUE" for a in stage.axes) or "no --axis")
+                      + f" (got {', '.join(args.axes) or 'none'})")
+    config = lqconfig.load(args.params, args.overrides, cell)
+    return lqconfig.StageParams(config, stage.params, step, cell)
 
 
 def run(step: str, body: Callable[[], None]) -> int:

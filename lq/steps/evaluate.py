@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lq import metrics
-from lq.atomic import atomic_path, write_text
+from lq import metrics, plots
+from lq.atomic import write_text
 from lq.quant.convert import model_bit_widths
 from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import read_table, task_count, write_json
@@ -42,29 +42,6 @@ def size_bits(model: torch.nn.Module) -> int:
     return metrics.model_size_bits(model_bit_widths(model), numels)
 
 
-def plot_matrix(path: Path, R: np.ndarray, title: str) -> None:
-    """A heatmap of R with its values written in, as a PNG (a DVC image plot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(R), 1.0 + 0.8 * len(R)), dpi=100)
-    image = ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
-    for (t, j), value in np.ndenumerate(R):
-        ax.text(j, t, f"{100 * value:.1f}", ha="center", va="center", color="white" if value < 0.6 else "black")
-    ax.set_xlabel("evaluated on task j")
-    ax.set_ylabel("after training task t")
-    ax.set_xticks(range(len(R)))
-    ax.set_yticks(range(len(R)))
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-
-
 def main(argv: list[str]) -> int:
     parser = parser_for("evaluate", __doc__)
     for name in ("store", "split", "pretrain", "qat8", "lifelong"):
@@ -87,7 +64,11 @@ def main(argv: list[str]) -> int:
         w8a8, w8a8_payload = load_model(args.qat8, device, {"num_classes": num_classes})
         R = np.zeros((num_tasks, num_tasks))
         R5 = np.zeros((num_tasks, num_tasks))
-        bits = {"weight_bits": p["lifelong.weight_bits"], "act_bits": p["lifelong.act_bits"], "num_classes": num_classes}
+        # The checkpoints must be this cell's: its method, bits and (when quantized) quantizer.
+        bits = {"weight_bits": p["lifelong.weight_bits"], "act_bits": p["lifelong.act_bits"], "num_classes": num_classes,
+                "method": p["lifelong.method"]}
+        if p["lifelong.weight_bits"] < 32:
+            bits["weight_quantizer"] = p["quant.weight_quantizer"]
         for t in range(num_tasks):
             model, payload = load_model(args.lifelong / f"task{t}.pt", device, bits)
             for j in range(num_tasks):
@@ -95,9 +76,12 @@ def main(argv: list[str]) -> int:
             log.info("after task %d: %s", t, " ".join(f"{100 * a:.2f}" for a in R[t]))
         forgetting = metrics.forgetting(R)
         config = payload["config"]
+        memory_images = max(payload.get("memory_images") or [0])
         summary = {
             "method": config.get("method"),
             "bits": f"w{config['weight_bits']}a{config['act_bits']}",
+            "quantizer": config["weight_quantizer"],
+            "seed": p["train.seed"],
             "num_tasks": num_tasks,
             "average_accuracy": round(metrics.average_accuracy(R), 6),
             "forgetting": round(forgetting.mean, 6),
@@ -111,13 +95,15 @@ def main(argv: list[str]) -> int:
             "w8a8_bits": f"w{w8a8_payload['config']['weight_bits']}a{w8a8_payload['config']['act_bits']}",
             "model_size_bits": size_bits(model),
             "fp32_model_size_bits": size_bits(fp32),
+            "replay_memory_images": memory_images,
+            "replay_memory_bytes": memory_images * int(np.prod(bank.shape)),  # uint8 images
         }
         write_json(args.metrics, summary)
         buffer = io.StringIO()
         pd.DataFrame({"task": range(num_tasks), "average_accuracy": summary["average_accuracy_curve"]}).to_csv(
             buffer, index=False, lineterminator="\n")
         write_text(args.curve, buffer.getvalue())
-        plot_matrix(args.figure, R, f"{summary['method']} {summary['bits']}: accuracy (%)")
+        plots.matrix_figure(args.figure, R, f"{summary['method']} {summary['bits']}: accuracy (%)")
         log.info("average accuracy %.4f, forgetting %.4f, BWT %.4f", summary["average_accuracy"],
                  summary["forgetting"], summary["bwt"])
 

@@ -84,13 +84,14 @@ class ResumeDir:
     """Where a running stage keeps what it needs to resume: outside every declared output.
 
     Snakemake (`--rerun-incomplete`) and DVC both delete a stage's outputs before rerunning it,
-    so resume state lives in `.lq-resume/<stage>-<fingerprint>/`; the fingerprint makes a run
-    with other parameters or inputs start afresh. It is removed when the stage finishes.
+    so resume state lives in `.lq-resume/<run>/<fingerprint>/`, one folder per stage and grid
+    cell (cells train side by side); the fingerprint makes a run with other parameters or inputs
+    start afresh. It is removed when the stage finishes.
     """
 
-    def __init__(self, stage: str, fingerprint_: str, root: Path = RESUME_ROOT):
-        self.path = root / f"{stage}-{fingerprint_}"
-        for stale in root.glob(f"{stage}-*"):
+    def __init__(self, run: str, fingerprint_: str, root: Path = RESUME_ROOT):
+        self.path = root / run / fingerprint_
+        for stale in (root / run).glob("*"):
             if stale != self.path:
                 shutil.rmtree(stale, ignore_errors=True)
 
@@ -102,4 +103,4 @@ class ResumeDir:
         return last if last.exists() else None
 
     def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        shutil.rmtree(self.path.parent, ignore_errors=True)

@@ -1,10 +1,14 @@
 # Shared set-up: validate params.yaml (with the preset applied) and load the stage table.
 
+import re
+from pathlib import Path
+
 from snakemake.utils import validate
 
 from lq import config as lqconfig
+from lq import grid
 from lq.errors import LqError
-from lq.pipeline import load_table
+from lq.pipeline import load_table, placeholders
 
 try:
     PARAMS = lqconfig.resolve(config)
@@ -14,6 +18,19 @@ except LqError as exc:
 validate(PARAMS, "../schemas/params.schema.yaml")
 
 PARAMS_FILE, STAGES = load_table()
+GRID = {name: [str(v) for v in PARAMS["grid"][name]] for name in grid.AXES}
+
+
+wildcard_constraints:
+    **{name: axis.pattern for name, axis in grid.AXES.items()},
+
+
+def expand_grid(pattern, keep=()):
+    """A path pattern filled in for every grid cell of its placeholders (those in `keep` stay)."""
+    axes = [a for a in placeholders(pattern) if a not in keep]
+    return sorted({pattern.format(**cell, **{a: f"{{{a}}}" for a in keep}) for cell in grid.cells(GRID, axes)})
+
+
 CONSUMED = {path for stage in STAGES for path in stage.inputs().values()}
-# `all` asks for the outputs no other stage consumes; Snakemake pulls in the rest.
-FINAL_OUTPUTS = [path for stage in STAGES for path in stage.out_paths if path not in CONSUMED]
+# `all` asks for every cell's outputs that no other stage consumes; Snakemake pulls in the rest.
+FINAL_OUTPUTS = [path for stage in STAGES for out in stage.out_paths if out not in CONSUMED for path in expand_grid(out)]

@@ -2,15 +2,33 @@
 #
 # Each row is declared by calling `declare` once per stage. The body reads the function's own
 # `stage`; a bare `for` loop around the rule would bind every command to the last stage.
+# A stage's grid axes are wildcards; a dependency over other axes is expanded over the grid.
+
+REPORT_ROOT = Path(workflow.basedir)
+
+
+def report_output(stage, name, path):
+    entry = stage.report.get(name)
+    if not entry:
+        return path
+    return report(path, caption=str(REPORT_ROOT / entry["caption"]), category=entry.get("category"))
 
 
 def declare(stage):
     outputs = {
-        name: directory(path) if is_dir else path
+        name: report_output(stage, name, directory(path) if is_dir else path)
         for name, (path, is_dir) in stage.outputs().items()
     }
+    inputs = {
+        name: expand_grid(path, keep=stage.axes) if stage.gathered(path) else path
+        for name, path in stage.inputs().items()
+    }
     values = {key.replace(".", "__"): lqconfig.get_key(PARAMS, key) for key in stage.params}
-    command = stage.command_with_values(PARAMS, PARAMS_FILE).replace("{", "{{").replace("}", "}}")
+    # Wildcards go in as markers that survive quoting, then become `{wildcards.x}` once the
+    # command's own braces are escaped from Snakemake's formatting.
+    command = stage.command_with_values(PARAMS, PARAMS_FILE, item="@@{}@@".format)
+    command = re.sub(r"@@(\w+)@@", r"{wildcards.\1}", command.replace("{", "{{").replace("}", "}}"))
+    log = f"logs/{'-'.join([stage.name, *(f'{{{a}}}' for a in stage.axes)])}.log"
     res = dict(stage.resources)
 
     rule:
@@ -20,13 +38,13 @@ def declare(stage):
             stage.doc
         input:
             code=list(stage.code),
-            **stage.inputs(),
+            **inputs,
         output:
             **outputs,
         params:
             **values,
         log:
-            f"logs/{stage.name}.log",
+            log,
         threads: res.get("cpus", 1)
         resources:
             mem_mb=res.get("mem_mb", 1000),

@@ -1,0 +1,99 @@
+"""The comparison grid: the axes a study varies, and how an axis value becomes parameters.
+
+`params.yaml: grid` lists the values of each axis (methods, bit widths, quantizers, seeds). A
+stage in `workflow/stages.yaml` names the axes it depends on; Snakemake turns them into
+wildcards and DVC into `matrix` entries, so a stage runs once per combination of *its* axes
+(the FP32 model once per seed, never once per method). A stage learns its cell's values as
+`--axis name=value`, and `apply` writes them into the parameter keys the axis stands for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from lq.errors import LqError
+
+
+def _bits(value: str) -> dict[str, Any]:
+    match = re.fullmatch(r"w(\d+)a(\d+)", value)
+    if not match:
+        raise LqError(f"grid.bits: '{value}' must look like w4a4 (weight bits, activation bits)")
+    return {"lifelong.weight_bits": int(match[1]), "lifelong.act_bits": int(match[2])}
+
+
+def _quantizer(value: str) -> dict[str, Any]:
+    # A QAT method quantizes weights and activations its own way: LSQ learns both step sizes;
+    # ProxQ and DoReFa pair their weight quantizer with the uniform clipped activation grid.
+    return {"quant.weight_quantizer": value, "quant.act_quantizer": "lsq" if value == "lsq" else "uniform"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis: its `grid` key, the wildcard's regex and the parameter keys a value sets."""
+
+    name: str
+    pattern: str
+    example: str
+    keys: tuple[str, ...]
+    to_params: Callable[[str], dict[str, Any]]
+
+    def parse(self, value: Any) -> dict[str, Any]:
+        text = str(value)
+        if not re.fullmatch(self.pattern, text):
+            raise LqError(f"grid.{self.name}: '{text}' is not a valid value; expected one like '{self.example}'")
+        return self.to_params(text)
+
+
+# In the order stage names and paths list them: `lifelong@lifequant-w4a4-proxq-0` in DVC.
+AXES: dict[str, Axis] = {
+    axis.name: axis
+    for axis in (
+        Axis("method", r"[a-z][a-z0-9_]*", "lifequant", ("lifelong.method",), lambda v: {"lifelong.method": v}),
+        Axis("bits", r"w\d+a\d+", "w4a4", ("lifelong.weight_bits", "lifelong.act_bits"), _bits),
+        Axis("quantizer", r"[a-z][a-z0-9_]*", "proxq", ("quant.weight_quantizer", "quant.act_quantizer"), _quantizer),
+        Axis("seed", r"\d+", "0", ("train.seed",), lambda v: {"train.seed": int(v)}),
+    )
+}
+
+
+def axis(name: str) -> Axis:
+    if name not in AXES:
+        raise LqError(f"unknown grid axis '{name}'; known: {', '.join(AXES)}")
+    return AXES[name]
+
+
+def parse_assignments(texts: Iterable[str]) -> dict[str, str]:
+    """`['seed=0', 'bits=w4a4']` (the `--axis` options) as {'seed': '0', 'bits': 'w4a4'}."""
+    values = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise LqError(f"--axis '{text}' must look like name=value, e.g. seed=0")
+        axis(name)
+        values[name] = value
+    return values
+
+
+def apply(values: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """The parameter overrides for one cell's axis values."""
+    return [item for name, value in values.items() for item in axis(name).parse(value).items()]
+
+
+def keys(axes: Iterable[str]) -> tuple[str, ...]:
+    """The parameter keys a stage over `axes` reads from its cell."""
+    return tuple(key for name in axes for key in axis(name).keys)
+
+
+def cells(grid: Mapping[str, list], axes: Iterable[str]) -> list[dict[str, str]]:
+    """Every combination of the listed axes' grid values, in grid order."""
+    axes = [a for a in AXES if a in set(axes)]
+    return [dict(zip(axes, map(str, combo))) for combo in itertools.product(*(grid[a] for a in axes))]
+
+
+def cell_name(values: Mapping[str, str]) -> str:
+    """A file-name-safe label of a cell, axes in canonical order: 'lifequant-w4a4-proxq-seed0'."""
+    return "-".join(("seed" if name == "seed" else "") + str(values[name]) for name in AXES if name in values)

@@ -1,0 +1,104 @@
+"""The comparison grid: axis values to parameters, and its expansion in Snakemake and DVC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lq import grid
+from lq.errors import LqError
+from lq.pipeline import fill, fixed_prefix, load_table, placeholders
+from tests.conftest import planned_jobs, run, set_param
+
+
+def test_axis_values_become_parameters():
+    assert grid.apply({"bits": "w2a8"}) == [("lifelong.weight_bits", 2), ("lifelong.act_bits", 8)]
+    assert grid.apply({"seed": "12"}) == [("train.seed", 12)]
+    assert dict(grid.apply({"quantizer": "lsq"})) == {"quant.weight_quantizer": "lsq", "quant.act_quantizer": "lsq"}
+    assert dict(grid.apply({"quantizer": "proxq"}))["quant.act_quantizer"] == "uniform"
+    with pytest.raises(LqError, match="w4a4"):
+        grid.apply({"bits": "4bit"})
+    with pytest.raises(LqError, match="name=value"):
+        grid.parse_assignments(["seed"])
+
+
+def test_cells_are_the_product_of_the_named_axes_in_canonical_order():
+    values = {"method": ["lifequant", "ewc"], "bits": ["w4a4"], "quantizer": ["proxq"], "seed": [0, 1]}
+    assert grid.cells(values, ["seed"]) == [{"seed": "0"}, {"seed": "1"}]
+    cells = grid.cells(values, ["seed", "method"])  # order of the argument does not matter
+    assert cells == [{"method": "lifequant", "seed": "0"}, {"method": "lifequant", "seed": "1"},
+                     {"method": "ewc", "seed": "0"}, {"method": "ewc", "seed": "1"}]
+    assert grid.cells(values, []) == [{}]
+    assert grid.cell_name({"seed": "1", "method": "ewc", "bits": "w4a4"}) == "ewc-w4a4-seed1"
+
+
+def test_path_patterns():
+    pattern = "metrics/seed{seed}/{quantizer}/{method}-{bits}.json"
+    assert placeholders(pattern) == ["seed", "quantizer", "method", "bits"]
+    assert fill(pattern, {"seed": "${item.seed}"}) == "metrics/seed${item.seed}/{quantizer}/{method}-{bits}.json"
+    assert fixed_prefix(pattern) == "metrics"
+    assert fixed_prefix("models/seed{seed}/pretrain.pt") == "models"
+
+
+def test_every_stage_runs_per_exactly_the_axes_its_outputs_name():
+    _, stages = load_table()
+    axes = {s.name: set(s.axes) for s in stages}
+    assert axes["download"] == axes["split"] == axes["replay"] == axes["count"] == set()
+    assert axes["pretrain"] == {"seed"}
+    assert axes["qat8"] == {"seed", "quantizer"}
+    assert axes["lifelong"] == axes["evaluate"] == set(grid.AXES)
+    assert axes["aggregate"] == set()
+    aggregate = next(s for s in stages if s.name == "aggregate")
+    assert aggregate.gathered(aggregate.deps["metrics"]) == ["seed", "quantizer", "method", "bits"]
+
+
+def _set_grid(root: Path, **values) -> None:
+    for name, value in values.items():
+        set_param(root, f"grid.{name}", value)
+
+
+# (grid, expected Snakemake job counts): shared stages once per value of their own axes
+GRIDS = [
+    ({"method": ["lifequant", "ewc"], "bits": ["w4a4", "w8a8"], "seed": [0, 1]},
+     {"download": 1, "split": 1, "replay": 1, "count": 1, "pretrain": 2, "qat8": 2, "lifelong": 8,
+      "evaluate": 8, "aggregate": 1, "all": 1}),
+    ({"method": ["finetune"], "quantizer": ["proxq", "dorefa", "lsq"], "seed": [3, 4]},
+     {"download": 1, "split": 1, "replay": 1, "count": 1, "pretrain": 2, "qat8": 6, "lifelong": 6,
+      "evaluate": 6, "aggregate": 1, "all": 1}),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("values,expected", GRIDS, ids=["2methods-2bits-2seeds", "3quantizers-2seeds"])
+def test_grid_expands_to_the_expected_jobs_in_snakemake_and_dvc(project, values, expected):
+    _set_grid(project, **values)
+    assert planned_jobs(project, "all") == expected
+
+    # DVC expands the same grid (matrix stages, interpolated from params.yaml) into as many stages.
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    counts: dict[str, int] = {}
+    for name in status:
+        counts[name.split("@")[0]] = counts.get(name.split("@")[0], 0) + 1
+    assert counts == {k: v for k, v in expected.items() if k != "all"}
+    cells = {n.split("@")[1] for n in status if n.startswith("lifelong@")}
+    full = grid.cells({**{"bits": ["w4a4"], "quantizer": ["proxq"]}, **values}, grid.AXES)
+    assert cells == {"-".join(c[a] for a in grid.AXES) for c in full}
+
+
+@pytest.mark.integration
+def test_adding_a_seed_plans_only_the_new_cells_and_the_aggregate(project):
+    """Snakemake plans per file: with one cell's outputs present, a second seed adds its own chain."""
+    _set_grid(project, seed=[0, 5])
+    plan = run(["snakemake", "-n", "-p", "all"], project).stdout
+    assert "--axis seed=5" in plan and "models/seed5/pretrain.pt" in plan
+    assert "--axis method=lifequant --axis bits=w4a4 --axis quantizer=proxq --axis seed=5" in plan
+
+
+@pytest.mark.integration
+def test_a_step_without_its_cell_is_refused(project):
+    proc = run(["python", "-m", "lq", "pretrain", "--store", "data/store", "--split", "data/split",
+                "--out", "m.pt", "--curve", "c.csv"], project, check=False)
+    assert proc.returncode == 2
+    assert "--axis seed=VALUE" in proc.stderr and "Traceback" not in proc.stderr
