@@ -20,6 +20,7 @@ from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import read_json, task_count
 from lq.steps.training import TrainingRun
 from lq.train import checkpoint
+from lq.train.distributed import barrier
 
 log = logging.getLogger("lq")
 
@@ -70,12 +71,18 @@ def main(argv: list[str]) -> int:
             method.before_task(ctx)
             pool = method.pool(train_tables[t], replay_tables[:t], train_tables[:t], p["lifelong.replay_in_pool"])
             job.train_task(model, pool, task=t, phase="lifelong", method=method, source=f"task {t} pool")
+            # Under torchrun every rank runs the method's events on identical parameters and
+            # DDP-averaged gradients, so method state is the same everywhere; rank 0 writes it.
             method.after_task(ctx)
-            checkpoint.save(done, job.payload(model, method=method.state_dict(), task=t))
+            if job.world.is_main:
+                checkpoint.save(done, job.payload(model, method=method.state_dict(), task=t))
+            barrier(job.world)
 
-        with atomic_dir(args.out) as tmp:
-            for t in range(num_tasks):
-                shutil.copyfile(job.resume.file(f"task{t}.pt"), tmp / f"task{t}.pt")
+        if job.world.is_main:
+            with atomic_dir(args.out) as tmp:
+                for t in range(num_tasks):
+                    shutil.copyfile(job.resume.file(f"task{t}.pt"), tmp / f"task{t}.pt")
+        barrier(job.world)
         job.finish(model, None, args.curve)
 
     return run("lifelong", body)

@@ -1,4 +1,9 @@
-"""The shared flow of the training stages: data, model, resumable training, outputs."""
+"""The shared flow of the training stages: data, model, resumable training, outputs.
+
+Under torchrun every rank runs the whole stage on its own process and device; training is
+data-parallel (`lq.train.distributed`), and only the main rank writes outputs, resume state and
+TensorBoard scalars.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from lq.train import checkpoint
 from lq.train.checkpoint import ResumeDir
 from lq.train.data import Batches, load_bank
 from lq.train.device import describe, resolve_device
+from lq.train.distributed import barrier, close, init_world, wrap
 from lq.train.loop import fit
 from lq.train.session import Board, build_model, compiled, model_config, requantize, schedule, training_batches, write_curve
 
@@ -31,6 +37,9 @@ class TrainingRun:
         self.stage, self.params = stage, params
         self.started = time.perf_counter()
         self.device = resolve_device(params["train.device"])
+        self.world, self.device = init_world(self.device)
+        if not self.world.is_main:
+            log.setLevel(logging.WARNING)  # each epoch is logged once, by the main rank
         self.bank = load_bank(store, self.device)
         self.resume = ResumeDir(stage, checkpoint.fingerprint(dict(params), inputs))
         self.history: list[dict[str, Any]] = []
@@ -71,10 +80,11 @@ class TrainingRun:
         if cuda:
             model.to(memory_format=torch.channels_last)
         full_precision = self.model_cfg["weight_bits"] == 32 and self.model_cfg["act_bits"] == 32
+        forward = compiled(wrap(model, self.world), self.params["train.compile"])  # wrap: DDP under torchrun
         fit(model, training_batches(self.bank, rows, self.params), schedule(self.params, phase), method or Method(),
             task=task, seed=self.params["train.seed"], resume=self.resume, config=self.model_cfg,
-            history=self.history, forward=compiled(model, self.params["train.compile"]), on_epoch=self.board.epoch,
-            bf16=cuda and full_precision, channels_last=cuda)
+            history=self.history, forward=forward, on_epoch=self.board.epoch if self.world.is_main else None,
+            bf16=cuda and full_precision, channels_last=cuda, world=self.world)
 
     def eval_batches(self, table: pd.DataFrame, batch_size: int) -> Batches:
         return Batches(self.bank, self.bank.rows(table), batch_size, shuffle=False)
@@ -83,10 +93,16 @@ class TrainingRun:
         return {"model": model.state_dict(), "config": self.model_cfg, "history": list(self.history), **extra}
 
     def finish(self, model: nn.Module, out: Path | None, curve: Path) -> None:
-        """Write the checkpoint (unless the stage wrote its own) and the curve; drop resume state."""
-        if out is not None:
-            checkpoint.save(out, self.payload(model))
-        write_curve(curve, self.history)
+        """Write the checkpoint (unless the stage wrote its own) and the curve; drop resume state.
+
+        Only the main rank writes; the others wait for it, then every rank leaves the process group.
+        """
+        if self.world.is_main:
+            if out is not None:
+                checkpoint.save(out, self.payload(model))
+            write_curve(curve, self.history)
+            self.resume.clear()
         self.board.close()
-        self.resume.clear()
+        barrier(self.world)
+        close(self.world)
         log.info("%s done in %.1fs", self.stage, time.perf_counter() - self.started)

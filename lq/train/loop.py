@@ -3,7 +3,8 @@
 After every epoch the full state (model, optimizer, scheduler, method, history, RNG) is saved
 atomically to the stage's resume folder; a rerun after a kill continues from the last finished
 epoch. Batches depend only on (seed, task, epoch), so on CPU the resumed run ends bit-identical
-to an uninterrupted one.
+to an uninterrupted one. Under torchrun (`world`) each rank trains on its slice of every global
+batch through DDP, epoch statistics are summed over ranks, and only the main rank writes files.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lq.methods.base import Method
 from lq.train import checkpoint
 from lq.train.checkpoint import ResumeDir
 from lq.train.data import Batches
+from lq.train.distributed import World, all_reduce_sum, barrier, init_lazy_steps, shard, sync_buffers, unwrap
 
 log = logging.getLogger("lq")
 
@@ -68,14 +70,18 @@ def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, 
         resume: ResumeDir | None, config: dict[str, Any], history: list[dict[str, Any]],
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        bf16: bool = False, channels_last: bool = False) -> None:
+        bf16: bool = False, channels_last: bool = False, world: World | None = None) -> None:
     """Train `model` on `batches` for `schedule.epochs` epochs, resuming if a checkpoint allows.
 
     `history` gets one row per epoch (step, task, epoch, loss, accuracy, lr); `forward` may be
     a compiled version of the model. `bf16` runs forward and loss under bfloat16 autocast and
     `channels_last` feeds NHWC batches (both for CUDA; the stages enable them there only).
+    With a multi-process `world`, `forward` is the DDP wrapper of `model` (`distributed.wrap`);
+    `model` itself is the unwrapped module, whose state dict is saved.
     """
     forward = model if forward is None else forward  # (a compiled module has no truth value)
+    model = unwrap(model)
+    distributed = world is not None and world.distributed
     optimizer, scheduler = make_optimizer(model, schedule)
     start_epoch = 0
     last = resume.latest() if resume else None
@@ -104,6 +110,15 @@ def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, 
         for step, (x, y) in enumerate(bar):
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if distributed:
+                if len(y) < world.world_size:  # some rank would get no sample: skip it on all ranks
+                    log.warning("task %d epoch %d: skipping a last batch of %d images on %d processes",
+                                task, epoch + 1, len(y), world.world_size)
+                    continue
+                if epoch == start_epoch and step == 0:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        init_lazy_steps(model, x)
+                x, y = shard(x, y, world)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = forward(x)
                 loss = method.loss(logits, y)
@@ -117,6 +132,9 @@ def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, 
                 )
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
+            # Under DDP `.grad` now holds the gradient averaged over ranks, the same on every
+            # rank (the penalty is computed on the full parameters, identically everywhere), so
+            # methods reading gradients here (SI, RWalk path integrals) keep identical state.
             method.after_backward(model)
             optimizer.step()
             method.after_step(model)
@@ -124,6 +142,8 @@ def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, 
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             kill_hook(task, epoch, step)
+        total_loss, correct = all_reduce_sum(total_loss, world), all_reduce_sum(correct, world)
+        seen = int(all_reduce_sum(torch.tensor(seen, device=device), world).item())
         row = {
             "step": len(history) + 1, "task": task, "epoch": epoch + 1,
             "loss": round(total_loss.item() / max(seen, 1), 6),
@@ -137,9 +157,12 @@ def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, 
                  time.perf_counter() - started)
         if on_epoch:
             on_epoch(row)
-        if resume is not None:
+        if resume is not None and (world is None or world.is_main):
             checkpoint.save(resume.file("last.pt"), {
                 "task": task, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": checkpoint.scheduler_state(scheduler), "method": method.state_dict(),
                 "rng": torch.get_rng_state(), "history": list(history), "config": config,
             })
+        if resume is not None:
+            barrier(world)  # ranks move on together, none while the main rank still writes
+    sync_buffers(model, world)
