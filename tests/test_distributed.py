@@ -190,3 +190,20 @@ def test_relaunch_under_torchrun_decides_when_to_launch(monkeypatch: pytest.Monk
     monkeypatch.setenv("WORLD_SIZE", "2")  # already one of torchrun's workers: run here
     assert distributed.relaunch_under_torchrun("pretrain", [], nproc=2) is None
     assert len(calls) == 1
+
+
+@pytest.mark.integration
+def test_train_nproc_runs_a_stage_on_two_processes_end_to_end(project: Path) -> None:
+    """`train.nproc: 2` makes the real pretrain step relaunch itself under torchrun (gloo on CPU)."""
+    from tests.conftest import run, set_param
+
+    run(["snakemake", "--cores", "1", "data/store", "data/split"], project)
+    for key, value in {"train.nproc": 2, "train.device": "cpu", "pretrain.epochs": 1, "pretrain.milestones": [1]}.items():
+        set_param(project, key, value)
+    out = run(["python", "-m", "lq", "pretrain", "--store", "data/store", "--split", "data/split",
+               "--out", "m.pt", "--curve", "c.csv", "--params", "params.yaml", "--axis", "seed=0"], project)
+    assert "relaunching on 2 processes" in out.stderr
+    payload = checkpoint.load(project / "m.pt", {"arch": "resnet20", "weight_bits": 32})
+    assert payload["history"][0]["epoch"] == 1
+    assert (project / "c.csv").read_text().startswith("step,task,epoch,loss,accuracy,lr")
+    assert not any((project / ".lq-resume").rglob("*.pt"))

@@ -103,6 +103,13 @@ def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(reproduced, tmp_path):
     set_param(root, "lifelong.ll_lambda", 1.0)
     assert planned_jobs(root, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
 
+    # The report of the finished run embeds the comparison table and figures with their captions.
+    run(["snakemake", "--report", "report.html"], root)
+    html = (root / "report.html").read_text()
+    for name in ("summary.csv", "accuracy_matrices.png", "average_accuracy.png", "forgetting.png"):
+        assert name in html, name
+    assert "Average forgetting after the last task" in html
+
 
 def test_pipeline_check_detects_a_stage_table_edit(tmp_path):
     check = ["python", "-m", "lq.pipeline", "check"]

@@ -102,3 +102,41 @@ def test_a_step_without_its_cell_is_refused(project):
                 "--out", "m.pt", "--curve", "c.csv"], project, check=False)
     assert proc.returncode == 2
     assert "--axis seed=VALUE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- scale-out profiles ---------------------------------------------------------------------------
+
+@pytest.mark.integration
+@pytest.mark.parametrize("profile,extra", [("workflow/profiles/slurm", []),
+                                           ("workflow/profiles/local-gpu", ["--resources", "gpu=2"])])
+def test_profiles_dry_run_the_whole_grid(project, profile, extra):
+    _set_grid(project, method=["lifequant", "finetune"], seed=[0, 1])
+    out = run(["snakemake", "--profile", profile, *extra, "-n", "all"], project)
+    text = out.stdout + out.stderr
+    assert f"Using profile {profile}" in text
+    from tests.conftest import job_stats
+    stats = job_stats(text)
+    assert stats["pretrain"] == 2 and stats["lifelong"] == 4 and stats["aggregate"] == 1
+
+
+def test_parallel_jobs_claim_different_gpus(tmp_path):
+    """Two processes asking for a free GPU out of two get different ones; a third falls back to 0."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pathlib import Path; from lq.train.device import claim_free_gpu; "
+            f"print(claim_free_gpu(2, Path({str(tmp_path)!r})), flush=True); time.sleep(float(sys.argv[1]))")
+    first = subprocess.Popen([sys.executable, "-c", code, "5"], stdout=subprocess.PIPE, text=True)
+    got_first = first.stdout.readline().strip()
+    second = subprocess.Popen([sys.executable, "-c", code, "5"], stdout=subprocess.PIPE, text=True)
+    got_second = second.stdout.readline().strip()
+    third = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True)
+    assert {got_first, got_second} == {"0", "1"}
+    assert third.stdout.strip() == "0"
+    first.kill()
+    first.wait()
+    # the killed process's lock is released by the kernel: its GPU is free again
+    again = subprocess.run([sys.executable, "-c", code, "0"], capture_output=True, text=True)
+    assert again.stdout.strip() == got_first
+    second.kill()
+    second.wait()

@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from lq.atomic import atomic_dir
@@ -18,7 +19,7 @@ from lq.lifelong.importance import noise_amplitude
 from lq.methods import TaskContext, create_method
 from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import read_json, task_count
-from lq.steps.training import TrainingRun
+from lq.steps.training import TrainingRun, relaunched
 from lq.train import checkpoint
 from lq.train.distributed import barrier
 
@@ -28,6 +29,13 @@ log = logging.getLogger("lq")
 def class_weights(path: Path, num_classes: int, device: torch.device) -> torch.Tensor:
     weights = read_json(path)
     return torch.tensor([float(weights[str(c)]) for c in range(num_classes)], device=device)
+
+
+def stored_images(pool: pd.DataFrame, train: pd.DataFrame, read_by_method: list[pd.DataFrame]) -> int:
+    """Images of earlier tasks a task needs kept in memory: its pool's and those the method reads
+    (replay for importance), less the ones the current task's stream provides anyway."""
+    kept = set(pool["image"]).union(*(set(r["image"]) for r in read_by_method))
+    return len(kept - set(train["image"]))
 
 
 def main(argv: list[str]) -> int:
@@ -41,6 +49,8 @@ def main(argv: list[str]) -> int:
 
     def body() -> None:
         p = load_stage_params("lifelong", args)
+        if relaunched("lifelong", argv, p):
+            return
         job = TrainingRun("lifelong", p, args.store, inputs=[args.store, args.split, args.replay, args.counts, args.init])
         num_tasks, num_classes = task_count(args.split), len(job.bank.classes)
         model = job.model_from(args.init, weight_bits=p["lifelong.weight_bits"], act_bits=p["lifelong.act_bits"])
@@ -57,6 +67,7 @@ def main(argv: list[str]) -> int:
         replay_tables = [job.table(args.replay / f"replay{t}.csv") for t in range(num_tasks)]
         replay_batches = [job.eval_batches(r, p["train.eval_batch_size"]) for r in replay_tables]
 
+        memory = [0] * num_tasks
         for t in range(num_tasks):
             done = job.resume.file(f"task{t}.pt")
             if done.exists():
@@ -64,18 +75,20 @@ def main(argv: list[str]) -> int:
                 model.load_state_dict(state["model"])
                 method.load_state_dict(state["method"])
                 job.history[:] = state["history"]
+                memory[: t + 1] = state["memory_images"]
                 log.info("task %d already finished in an earlier run: %s", t, done)
                 continue
             ctx = TaskContext(task=t, model=model, device=job.device, replay=replay_batches[:t],
                               class_weights=class_weights(args.counts / f"reweight{t}.json", num_classes, job.device))
             method.before_task(ctx)
             pool = method.pool(train_tables[t], replay_tables[:t], train_tables[:t], p["lifelong.replay_in_pool"])
+            memory[t] = stored_images(pool, train_tables[t], replay_tables[:t] if method.uses_replay else [])
             job.train_task(model, pool, task=t, phase="lifelong", method=method, source=f"task {t} pool")
             # Under torchrun every rank runs the method's events on identical parameters and
             # DDP-averaged gradients, so method state is the same everywhere; rank 0 writes it.
             method.after_task(ctx)
             if job.world.is_main:
-                checkpoint.save(done, job.payload(model, method=method.state_dict(), task=t))
+                checkpoint.save(done, job.payload(model, method=method.state_dict(), task=t, memory_images=memory[:t + 1]))
             barrier(job.world)
 
         if job.world.is_main:

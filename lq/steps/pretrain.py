@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lq.steps import load_stage_params, parser_for, run
-from lq.steps.training import TrainingRun
+from lq.steps.training import TrainingRun, relaunched
 
 
 def main(argv: list[str]) -> int:
@@ -18,6 +18,8 @@ def main(argv: list[str]) -> int:
 
     def body() -> None:
         params = load_stage_params("pretrain", args)
+        if relaunched("pretrain", argv, params):
+            return
         job = TrainingRun("pretrain", params, args.store, inputs=[args.store, args.split])
         model = job.new_model(weight_bits=32, act_bits=32)
         job.train_task(model, job.table(args.split / "train0.csv"), task=0, phase="pretrain")

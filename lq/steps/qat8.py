@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lq.steps import load_stage_params, parser_for, run
-from lq.steps.training import TrainingRun
+from lq.steps.training import TrainingRun, relaunched
 
 
 def main(argv: list[str]) -> int:
@@ -19,6 +19,8 @@ def main(argv: list[str]) -> int:
 
     def body() -> None:
         params = load_stage_params("qat8", args)
+        if relaunched("qat8", argv, params):
+            return
         job = TrainingRun("qat8", params, args.store, inputs=[args.store, args.split, args.init])
         model = job.model_from(args.init, weight_bits=params["qat8.weight_bits"], act_bits=params["qat8.act_bits"],
                                source_bits=(32, 32))

@@ -17,17 +17,29 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lq.errors import LqError
 from lq.methods import Method
 from lq.steps.io import read_table
 from lq.train import checkpoint
 from lq.train.checkpoint import ResumeDir
 from lq.train.data import Batches, load_bank
 from lq.train.device import describe, resolve_device
-from lq.train.distributed import barrier, close, init_world, wrap
+from lq.train.distributed import barrier, close, init_world, relaunch_under_torchrun, wrap
 from lq.train.loop import fit
 from lq.train.session import Board, build_model, compiled, model_config, requantize, schedule, training_batches, write_curve
 
 log = logging.getLogger("lq")
+
+
+def relaunched(step: str, argv: list[str], params: Mapping[str, Any]) -> bool:
+    """True when this step ran on `train.nproc` processes under torchrun (and succeeded)."""
+    nproc = params["train.nproc"]
+    code = relaunch_under_torchrun(step, argv, nproc)
+    if code is None:
+        return False
+    if code != 0:
+        raise LqError(f"{step} on {nproc} processes under torchrun failed (exit {code}); see the log above")
+    return True
 
 
 class TrainingRun:
@@ -41,9 +53,10 @@ class TrainingRun:
         if not self.world.is_main:
             log.setLevel(logging.WARNING)  # each epoch is logged once, by the main rank
         self.bank = load_bank(store, self.device)
-        self.resume = ResumeDir(stage, checkpoint.fingerprint(dict(params), inputs))
+        # Named by stage and grid cell: runs of other cells may train beside this one.
+        self.resume = ResumeDir(params.run_name, checkpoint.fingerprint(dict(params), inputs))
         self.history: list[dict[str, Any]] = []
-        self.board = Board(stage)
+        self.board = Board(params.run_name)
         log.info("device %s; %d images of shape %s in %d classes", describe(self.device),
                  len(self.bank.labels), self.bank.shape, len(self.bank.classes))
 

@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
 import torch
 
 from lq.errors import LqError
 
+# Locks held for the life of the process: the GPU this process claimed stays claimed until exit.
+_CLAIMS: list[int] = []
+
+
+def claim_free_gpu(count: int, lock_dir: Path | None = None) -> int:
+    """The index of a GPU no other lq process on this machine holds, locked until this one exits.
+
+    Parallel Snakemake jobs (`--resources gpu=N`) would otherwise all start on cuda:0. The lock
+    is an advisory `flock` on a file per GPU, which the kernel releases when the process dies,
+    so a killed job never leaves a GPU claimed. When every GPU is held, jobs share cuda:0.
+    """
+    lock_dir = lock_dir or Path(tempfile.gettempdir())
+    for index in range(count):
+        fd = os.open(lock_dir / f"lq-gpu-{index}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _CLAIMS.append(fd)
+        return index
+    return 0
+
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when present, else CPU; an explicit CUDA request without CUDA is an error."""
+    """'auto' is a free CUDA device when present (one per job, see `claim_free_gpu`), else CPU;
+    an explicit CUDA request without CUDA is an error. Under torchrun each rank uses its own
+    LOCAL_RANK device instead (lq.train.distributed)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        if count == 1 or "LOCAL_RANK" in os.environ:
+            return torch.device("cuda")
+        return torch.device("cuda", claim_free_gpu(count))
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -49,7 +49,8 @@ def declare(stage):
         resources:
             mem_mb=res.get("mem_mb", 1000),
             runtime=res.get("runtime", 60),
-            gpu=res.get("gpu", 0),
+            # a stage under torchrun (train.nproc > 1) takes one GPU per process
+            gpu=res.get("gpu", 0) * (PARAMS["train"]["nproc"] if "train.nproc" in stage.params else 1),
         conda:
             "../envs/lq.yaml"
         shell:
