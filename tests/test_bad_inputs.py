@@ -58,7 +58,7 @@ PARAMS = [
     ("grid.bits", ["w4a0"], "wKaK"),
     ("grid.method", ["icarl"], "lifelong method name"),
     ("grid.seed", ["0"], "training seed"),
-    ("lifelong.ll_lambda", -5, ">= 0"),
+    ("lifelong.ll_lambda.mas", -5, ">= 0"),
     ("lifelong.ball_form", "mixed", "additive or multiplicative"),
 ]
 

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         model = job.model_from(args.init, weight_bits=p["lifelong.weight_bits"], act_bits=p["lifelong.act_bits"])
         job.model_cfg["method"] = p["lifelong.method"]
         method = create_method(
-            p["lifelong.method"], ll_lambda=p["lifelong.ll_lambda"], balanced=p["lifelong.balanced"],
+            p["lifelong.method"], ll_lambda=p["lifelong.ll_lambda"].get(p["lifelong.method"], 0.0), balanced=p["lifelong.balanced"],
             ball_form=p["lifelong.ball_form"], noise_importance=p["lifelong.noise_importance"],
             noise_draws=p["lifelong.noise_draws"], seed=p["train.seed"],
             noise_amplitude=noise_amplitude(p["model.act_range"], p["lifelong.act_bits"]),

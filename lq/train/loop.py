@@ -128,7 +128,7 @@ def fit(model: nn.Module, batches: Batches, schedule: Schedule, method: Method, 
                 raise LqError(
                     f"task {task}, epoch {epoch + 1}, step {step + 1}: the loss is {objective.item()} "
                     f"(task loss {loss.item()}); training stopped. Lower the learning rate "
-                    "or the penalty weight (lifelong.ll_lambda), or check the input data"
+                    "or the method's penalty weight (lifelong.ll_lambda.<method>), or check the input data"
                 )
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
