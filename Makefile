@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # Snakemake and DVC run `python -m lq ...`: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-all dag dvc.yaml check lint bench
+.PHONY: setup run test test-all test-faults dag dvc.yaml check lint bench
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ test: setup
 # everything, including the slow fault-injection runs
 test-all: setup
 	python -m pytest -q -m ""
+
+# the fault-injection suite in full: 24 seeded SIGKILLs through both tools, concurrency, odd paths
+test-faults: setup
+	python -m pytest -q -m "" tests/test_faults.py
 
 # the stage graph, as both tools see it
 dag: setup

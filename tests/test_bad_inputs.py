@@ -217,3 +217,56 @@ def test_full_disk_while_writing_a_folder_keeps_the_old_one(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert (out / "train0.csv").read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["split"]
+
+
+def test_a_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    """SIGKILL skips `finally`: the temporary stays, never under the final name; the rerun's write
+    of the same output clears it (and DVC/git ignore `.*.tmp` meanwhile)."""
+    target = tmp_path / "metrics" / "run.json"
+    target.parent.mkdir()
+    stale_file = target.parent / ".run.json.k1ll3d.tmp"
+    stale_file.write_text('{"half": ')
+    stale_dir = tmp_path / ".store.k1ll3d.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "images.npy").write_bytes(b"half")
+    (target.parent / ".other.json.abc.tmp").write_text("not ours")
+    atomic.write_text(target, "{}\n")
+    with atomic.atomic_dir(tmp_path / "store") as tmp:
+        (tmp / "images.npy").write_bytes(b"whole")
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert (target.parent / ".other.json.abc.tmp").exists()  # another output's temporary is not touched
+    assert target.read_text() == "{}\n" and (tmp_path / "store" / "images.npy").read_bytes() == b"whole"
+
+
+def test_deterministic_switch_trains_on_cpu_and_is_reported_by_torch():
+    from lq.methods import create_method
+    from lq.train.device import use_deterministic_kernels
+    from lq.train.loop import Schedule, fit
+
+    class Batches:
+        def __len__(self):
+            return 2
+
+        def epoch(self, seed):
+            g = torch.Generator().manual_seed(0)
+            for _ in range(2):
+                yield torch.randn(4, 3, generator=g), torch.tensor([0, 1, 0, 1])
+
+    def train():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        fit(model, Batches(), Schedule(2, 0.1, (), 0.1, 0.9, 0.0), create_method("finetune"), task=0, seed=0,
+            resume=None, config={}, history=[])
+        return model
+
+    plain = train()
+    try:
+        use_deterministic_kernels(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        strict = train()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b in zip(plain.parameters(), strict.parameters()):
+        assert torch.equal(a, b)  # on CPU the switch changes nothing
+    use_deterministic_kernels(False)
+    assert not torch.are_deterministic_algorithms_enabled()

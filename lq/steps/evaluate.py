@@ -20,7 +20,7 @@ from lq.quant.convert import model_bit_widths
 from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import read_table, task_count, write_json
 from lq.train.data import Batches, load_bank
-from lq.train.device import describe, resolve_device
+from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.session import load_model
 
 log = logging.getLogger("lq")
@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
 
     def body() -> None:
         p = load_stage_params("evaluate", args)
+        use_deterministic_kernels(p["train.deterministic"])
         device = resolve_device(p["train.device"])
         bank = load_bank(args.store, device)
         log.info("device %s", describe(device))

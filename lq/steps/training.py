@@ -23,7 +23,7 @@ from lq.steps.io import read_table
 from lq.train import checkpoint
 from lq.train.checkpoint import ResumeDir
 from lq.train.data import Batches, load_bank
-from lq.train.device import describe, resolve_device
+from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.distributed import barrier, close, init_world, relaunch_under_torchrun, wrap
 from lq.train.loop import fit
 from lq.train.session import Board, build_model, compiled, model_config, requantize, schedule, training_batches, write_curve
@@ -48,6 +48,7 @@ class TrainingRun:
     def __init__(self, stage: str, params: Mapping[str, Any], store: Path, inputs: list[Path]):
         self.stage, self.params = stage, params
         self.started = time.perf_counter()
+        use_deterministic_kernels(params["train.deterministic"])
         self.device = resolve_device(params["train.device"])
         self.world, self.device = init_world(self.device)
         if not self.world.is_main:

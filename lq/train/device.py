@@ -55,6 +55,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def use_deterministic_kernels(enabled: bool) -> None:
+    """`train.deterministic`: make GPU runs repeatable, at some cost in speed.
+
+    On CPU every kernel lq uses is deterministic already. On CUDA, cuDNN may pick convolution
+    algorithms whose backward passes accumulate with atomics (run-to-run float differences),
+    autotuning may pick different algorithms per run, and cuBLAS needs a fixed workspace to
+    reduce in a fixed order. This switch turns all three off, and any other nondeterministic op
+    then fails loudly instead of silently varying.
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
+
+
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
