@@ -83,7 +83,7 @@ def test_grid_expands_to_the_expected_jobs_in_snakemake_and_dvc(project, values,
         counts[name.split("@")[0]] = counts.get(name.split("@")[0], 0) + 1
     assert counts == {k: v for k, v in expected.items() if k != "all"}
     cells = {n.split("@")[1] for n in status if n.startswith("lifelong@")}
-    full = grid.cells({**{"bits": ["w4a4"], "quantizer": ["proxq"]}, **values}, grid.AXES)
+    full = grid.cells({"bits": ["w4a4"], "quantizer": ["proxq"], **values}, grid.AXES)
     assert cells == {"-".join(c[a] for a in grid.AXES) for c in full}
 
 
@@ -140,3 +140,36 @@ def test_parallel_jobs_claim_different_gpus(tmp_path):
     assert again.stdout.strip() == got_first
     second.kill()
     second.wait()
+
+
+# --- a small real grid ----------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_a_small_grid_runs_and_aggregates_over_seeds(project):
+    """2 methods x 2 seeds with 1-2 epochs: the comparison table, its figures and the report."""
+    import pandas as pd
+
+    for key, value in {"train.device": "cpu", "pretrain.epochs": 1, "pretrain.milestones": [1],
+                       "qat8.epochs": 1, "qat8.milestones": [1], "lifelong.epochs": 1,
+                       "lifelong.milestones": [1]}.items():
+        set_param(project, key, value)
+    _set_grid(project, method=["lifequant", "joint"], seed=[0, 1])
+    run(["snakemake", "--cores", "2", "all"], project, timeout=3600)
+
+    table = pd.read_csv(project / "results" / "summary.csv")
+    assert list(table["method"]) == ["lifequant", "joint"]
+    assert list(table["seeds"]) == ["0 1", "0 1"]
+    for row in table.itertuples():
+        runs = [json.loads((project / f"metrics/seed{s}/proxq/{row.method}-w4a4.json").read_text()) for s in (0, 1)]
+        accs = [r["average_accuracy"] for r in runs]
+        assert row.average_accuracy_mean == pytest.approx(sum(accs) / 2, abs=1e-6)
+        assert row.average_accuracy_std == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5, abs=1e-6)
+    # joint keeps every earlier training image; LifeQuant only the replay share of them
+    assert table.set_index("method").loc["joint", "replay_memory_bytes_mean"] > \
+        table.set_index("method").loc["lifequant", "replay_memory_bytes_mean"] > 0
+    markdown = (project / "results" / "summary.md").read_text()
+    assert "| lifequant | w4a4 | proxq | 2 |" in markdown and " ± " in markdown
+    for figure in ("accuracy_matrices.png", "average_accuracy.png", "forgetting.png"):
+        assert (project / "results" / figure).read_bytes().startswith(b"\x89PNG"), figure
+    run(["snakemake", "--report", "report.html"], project)
+    assert "Accuracy matrix of each run" in (project / "report.html").read_text()
