@@ -65,19 +65,21 @@ def matrices_figure(path: Path, matrices: Sequence[tuple[str, np.ndarray, np.nda
 
 
 def curves_figure(path: Path, curves: Sequence[tuple[str, np.ndarray, np.ndarray]], ylabel: str, title: str) -> None:
-    """Lines over tasks with a ± std band, one per run."""
+    """Lines over tasks with a ± std band, one per run (20 distinct colours, legend outside)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-    for label, mean, std in curves:
+    fig, ax = plt.subplots(figsize=(8.0, 4.2), dpi=100)
+    colours = plt.get_cmap("tab20").colors
+    for i, (label, mean, std) in enumerate(curves):
         tasks = np.arange(len(mean))
-        ax.plot(tasks, 100 * mean, marker="o", label=label)
-        ax.fill_between(tasks, 100 * (mean - std), 100 * (mean + std), alpha=0.2)
+        colour = colours[i % len(colours)]
+        ax.plot(tasks, 100 * mean, marker="o", color=colour, label=label)
+        ax.fill_between(tasks, 100 * (mean - std), 100 * (mean + std), color=colour, alpha=0.12)
     ax.set_xlabel("after training task t")
     ax.set_ylabel(ylabel)
     ax.set_xticks(range(max(len(c[1]) for c in curves)))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     save(fig, path)
 
 
