@@ -94,17 +94,22 @@ def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 class Board:
-    """TensorBoard scalars per stage under runs/<stage>/ (created lazily; optional)."""
+    """TensorBoard scalars per run under runs/<stage>-<cell>/, the event file opened at the first
+    epoch written (so a process that logs nothing, e.g. a non-main DDP rank, leaves none)."""
 
-    def __init__(self, stage: str):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(Path("runs") / stage))
+    def __init__(self, run: str):
+        self.log_dir = Path("runs") / run
+        self.writer = None
 
     def epoch(self, row: Mapping[str, Any]) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.log_dir))
         for key in ("loss", "accuracy", "lr"):
             self.writer.add_scalar(f"train/{key}", row[key], row["step"])
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
