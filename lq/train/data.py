@@ -41,7 +41,7 @@ class ImageBank:
         except KeyError as exc:
             raise LqError(f"{source}: image {exc.args[0]!r} is not in the data store") from None
         index = torch.from_numpy(rows).to(self.images.device)
-        labels = torch.as_tensor(table["label"].to_numpy(), dtype=torch.int64, device=self.images.device)
+        labels = torch.as_tensor(table["label"].to_numpy(dtype=np.int64, copy=True), device=self.images.device)
         if not torch.equal(self.labels[index], labels):
             raise LqError(f"{source}: labels disagree with the data store for some images")
         return index
