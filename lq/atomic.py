@@ -8,6 +8,7 @@ temporary sibling and moved into place with `os.replace`, which is atomic on POS
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -18,15 +19,11 @@ from pathlib import Path
 def _clear_leftovers(final: Path) -> None:
     """Remove temporaries of earlier writes of `final` that a kill interrupted (one writer per
     output path in the pipeline, so any such sibling is stale)."""
-    for stale in final.parent.glob(f".{glob_escape(final.name)}.*.tmp"):
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _default_mode(directory: bool) -> int:

@@ -162,7 +162,8 @@ class StageParams(Mapping):
     def __init__(self, config: Mapping, keys: Iterable[str], stage: str, cell: Mapping[str, str] | None = None):
         self._stage = stage
         self.cell = dict(cell or {})
-        self._values = {key: copy.deepcopy(get_key(config, key)) for key in (*keys, *grid.keys(self.cell))}
+        cell_keys = [key for key, _ in grid.apply(self.cell)]
+        self._values = {key: copy.deepcopy(get_key(config, key)) for key in (*keys, *cell_keys)}
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._values:

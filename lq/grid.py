@@ -19,10 +19,8 @@ from lq.errors import LqError
 
 
 def _bits(value: str) -> dict[str, Any]:
-    match = re.fullmatch(r"w(\d+)a(\d+)", value)
-    if not match:
-        raise LqError(f"grid.bits: '{value}' must look like w4a4 (weight bits, activation bits)")
-    return {"lifelong.weight_bits": int(match[1]), "lifelong.act_bits": int(match[2])}
+    weight, act = value[1:].split("a")  # 'w4a8' (Axis.parse has checked the pattern)
+    return {"lifelong.weight_bits": int(weight), "lifelong.act_bits": int(act)}
 
 
 def _quantizer(value: str) -> dict[str, Any]:
@@ -33,12 +31,11 @@ def _quantizer(value: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Axis:
-    """One axis: its `grid` key, the wildcard's regex and the parameter keys a value sets."""
+    """One axis: its `grid` key, the wildcard's regex and how a value becomes parameters."""
 
     name: str
     pattern: str
     example: str
-    keys: tuple[str, ...]
     to_params: Callable[[str], dict[str, Any]]
 
     def parse(self, value: Any) -> dict[str, Any]:
@@ -52,10 +49,10 @@ class Axis:
 AXES: dict[str, Axis] = {
     axis.name: axis
     for axis in (
-        Axis("method", r"[a-z][a-z0-9_]*", "lifequant", ("lifelong.method",), lambda v: {"lifelong.method": v}),
-        Axis("bits", r"w\d+a\d+", "w4a4", ("lifelong.weight_bits", "lifelong.act_bits"), _bits),
-        Axis("quantizer", r"[a-z][a-z0-9_]*", "proxq", ("quant.weight_quantizer", "quant.act_quantizer"), _quantizer),
-        Axis("seed", r"\d+", "0", ("train.seed",), lambda v: {"train.seed": int(v)}),
+        Axis("method", r"[a-z][a-z0-9_]*", "lifequant", lambda v: {"lifelong.method": v}),
+        Axis("bits", r"w\d+a\d+", "w4a4", _bits),
+        Axis("quantizer", r"[a-z][a-z0-9_]*", "proxq", _quantizer),
+        Axis("seed", r"\d+", "0", lambda v: {"train.seed": int(v)}),
     )
 }
 
@@ -81,11 +78,6 @@ def parse_assignments(texts: Iterable[str]) -> dict[str, str]:
 def apply(values: Mapping[str, str]) -> list[tuple[str, Any]]:
     """The parameter overrides for one cell's axis values."""
     return [item for name, value in values.items() for item in axis(name).parse(value).items()]
-
-
-def keys(axes: Iterable[str]) -> tuple[str, ...]:
-    """The parameter keys a stage over `axes` reads from its cell."""
-    return tuple(key for name in axes for key in axis(name).keys)
 
 
 def cells(grid: Mapping[str, list], axes: Iterable[str]) -> list[dict[str, str]]:

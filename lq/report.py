@@ -13,13 +13,14 @@ import numpy as np
 import pandas as pd
 
 RUN_KEYS = ("method", "bits", "quantizer")
-# Column, heading, and how the Markdown table shows a value (accuracies in %, sizes in Mbit/KiB).
+# Column, heading, and how the Markdown table shows a value: scale (accuracies in %, sizes in
+# Mbit/KiB) and decimals.
 METRICS = (
-    ("average_accuracy", "avg accuracy (%)", lambda v: 100 * v),
-    ("forgetting", "forgetting (%)", lambda v: 100 * v),
-    ("bwt", "BWT (%)", lambda v: 100 * v),
-    ("model_size_bits", "model size (Mbit)", lambda v: v / 1e6),
-    ("replay_memory_bytes", "replay memory (KiB)", lambda v: v / 1024),
+    ("average_accuracy", "avg accuracy (%)", lambda v: 100 * v, 2),
+    ("forgetting", "forgetting (%)", lambda v: 100 * v, 2),
+    ("bwt", "BWT (%)", lambda v: 100 * v, 2),
+    ("model_size_bits", "model size (Mbit)", lambda v: v / 1e6, 2),
+    ("replay_memory_bytes", "replay memory (KiB)", lambda v: v / 1024, 1),
 )
 
 
@@ -27,8 +28,9 @@ def _std(values: Sequence[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
-def run_label(record: Mapping[str, Any]) -> str:
-    return " ".join(str(record[k]) for k in RUN_KEYS)
+def run_label(key: tuple) -> str:
+    """How tables and figures name a run: 'lifequant w4a4 proxq'."""
+    return " ".join(map(str, key))
 
 
 def group_runs(records: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
@@ -45,7 +47,7 @@ def summary_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for key, group in group_runs(records).items():
         row: dict[str, Any] = dict(zip(RUN_KEYS, key))
         row["seeds"] = " ".join(str(r["seed"]) for r in group)
-        for name, _, _ in METRICS:
+        for name, *_ in METRICS:
             values = [float(r[name]) for r in group]
             row[f"{name}_mean"] = float(np.mean(values))
             row[f"{name}_std"] = _std(values)
@@ -55,13 +57,12 @@ def summary_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """The summary as a Markdown table, each metric as mean ± std."""
-    headings = ["method", "bits", "quantizer", "seeds", *(h for _, h, _ in METRICS)]
+    headings = ["method", "bits", "quantizer", "seeds", *(h for _, h, *_ in METRICS)]
     lines = ["| " + " | ".join(headings) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(METRICS)) + "|"]
     for _, row in table.iterrows():
         cells = [str(row[k]) for k in RUN_KEYS] + [str(len(str(row["seeds"]).split()))]
-        for name, _, scale in METRICS:
+        for name, _, scale, digits in METRICS:
             mean, std = scale(row[f"{name}_mean"]), row[f"{name}_std"]
-            digits = 2 if name not in ("replay_memory_bytes",) else 1
             cells.append(f"{mean:.{digits}f}" + ("" if np.isnan(std) else f" ± {abs(scale(std)):.{digits}f}"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -79,7 +80,7 @@ def curve_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     rows = []
     for key, group in group_runs(records).items():
         mean, std = stacked(group, "average_accuracy_curve")
-        label = " ".join(map(str, key))
+        label = run_label(key)
         rows += [{"run": label, "task": t, "mean": round(float(m), 6), "std": round(float(s), 6)}
                  for t, (m, s) in enumerate(zip(mean, std))]
     return pd.DataFrame(rows, columns=["run", "task", "mean", "std"])

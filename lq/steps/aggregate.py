@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
         write_text(args.curve, csv_text(report.curve_table(records)))
 
         groups = report.group_runs(records)
-        labels = [" ".join(map(str, key)) for key in groups]
+        labels = [report.run_label(key) for key in groups]
         plots.matrices_figure(args.matrices, [(label, *report.stacked(g, "accuracy_matrix"))
                                               for label, g in zip(labels, groups.values())])
         plots.curves_figure(args.accuracy_figure, [(label, *report.stacked(g, "average_accuracy_curve"))

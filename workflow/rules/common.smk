@@ -8,7 +8,7 @@ from snakemake.utils import validate
 from lq import config as lqconfig
 from lq import grid
 from lq.errors import LqError
-from lq.pipeline import load_table, placeholders
+from lq.pipeline import fill, load_table, placeholders
 
 try:
     PARAMS = lqconfig.resolve(config)
@@ -28,7 +28,7 @@ wildcard_constraints:
 def expand_grid(pattern, keep=()):
     """A path pattern filled in for every grid cell of its placeholders (those in `keep` stay)."""
     axes = [a for a in placeholders(pattern) if a not in keep]
-    return sorted({pattern.format(**cell, **{a: f"{{{a}}}" for a in keep}) for cell in grid.cells(GRID, axes)})
+    return sorted({fill(pattern, cell) for cell in grid.cells(GRID, axes)})
 
 
 CONSUMED = {path for stage in STAGES for path in stage.inputs().values()}
