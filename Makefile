@@ -29,7 +29,7 @@ test-all: setup
 
 # the fault-injection suite in full: 24 seeded SIGKILLs through both tools, concurrency, odd paths
 test-faults: setup
-	python -m pytest -q -m "" tests/test_faults.py
+	python -m pytest -q -m "" tests/integration/test_faults.py
 
 # the stage graph, as both tools see it
 dag: setup

@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLE_PATH = REPO_ROOT / "workflow" / "stages.yaml"
 DVC_HEADER = (
     "# GENERATED from workflow/stages.yaml by `python -m lq.pipeline write`: do not edit.\n"
-    "# tests/test_pipeline.py fails when this file differs from a fresh generation.\n"
+    "# tests/integration/test_pipeline.py fails when this file differs from a fresh generation.\n"
 )
 FIELDS = {"doc", "cmd", "axes", "code", "deps", "outs", "params", "metrics", "plots", "report", "resources"}
 
