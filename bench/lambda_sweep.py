@@ -31,7 +31,7 @@ def trial(root: Path, method: str, lam: float, overlay: list[str], out: Path) ->
            "--replay", "data/replay", "--counts", "data/counts", "--init", "models/seed0/proxq/qat8.pt",
            "--out", str(out / "models"), "--curve", str(out / "curve.csv"), "--params", "params.yaml",
            "--axis", f"method={method}", "--axis", "bits=w4a4", "--axis", "quantizer=proxq", "--axis", "seed=0",
-           "--set", f"lifelong.ll_lambda.{method}={lam}", "--set", "train.device=cpu", *overlay]
+           "--set", f"lifelong.methods.{method}.ll_lambda={lam}", "--set", "train.device=cpu", *overlay]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         return ("diverged" if "the loss is" in proc.stderr else proc.stderr.strip().splitlines()[-1]), None

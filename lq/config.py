@@ -124,7 +124,11 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return f"{key}: {error.message} (params.yaml must set every parameter)"
     if error.validator == "additionalProperties":
-        return f"{key}: {error.message} (check the spelling against params.yaml)"
+        allowed = sorted((error.schema.get("properties") or {}) if isinstance(error.schema, dict) else {})
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        names = ", ".join(f"{key}.{name}" if key != "(top level)" else name for name in extra)
+        return (f"{names or key}: unknown key (check the spelling against params.yaml); "
+                f"allowed here: {', '.join(allowed) or 'nothing'}")
     value = json.dumps(error.instance) if not isinstance(error.instance, dict) else "a mapping"
     allowed = f"; allowed: {hint}" if hint else ""
     return f"{key} = {value} is invalid: {error.message}{allowed}"

@@ -12,6 +12,7 @@ axis in a dependency *gathers* over the grid (the aggregate stage reads every ru
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import json
 import re
@@ -35,7 +36,8 @@ DVC_HEADER = (
     "# GENERATED from workflow/stages.yaml by `python -m lq.pipeline write`: do not edit.\n"
     "# tests/integration/test_pipeline.py fails when this file differs from a fresh generation.\n"
 )
-FIELDS = {"doc", "cmd", "axes", "code", "deps", "outs", "params", "metrics", "plots", "report", "resources"}
+FIELDS = {"doc", "axes", "deps", "outs", "params", "metrics", "plots", "report", "resources"}
+LQ_ROOT = REPO_ROOT / "lq"
 
 
 def placeholders(path: str) -> list[str]:
@@ -54,22 +56,73 @@ def fixed_prefix(path: str) -> str:
     return head.rsplit("/", 1)[0] if "/" in head else "."
 
 
+def module_file(module: str, root: Path = LQ_ROOT) -> Path | None:
+    """The source file of an `lq` module ('lq.train.engine' -> lq/train/engine.py), if any."""
+    base = root.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """`lq` modules a source file imports, at any depth of the file (lazy imports count)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "lq"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lq" and not node.level:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from lq.methods import ewc`
+    return found
+
+
+def code_files(step: str, root: Path = LQ_ROOT) -> list[str]:
+    """Every `lq` source file the step `lq.steps.<step>` runs: the closure of its imports,
+    parent packages included (importing `lq.a.b` runs `lq/a/__init__.py`), relative to the repo."""
+    seen: set[Path] = set()
+    todo = [f"lq.steps.{step}", "lq.__main__"]
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        for depth in range(1, len(parts) + 1):
+            path = module_file(".".join(parts[:depth]), root)
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            todo += sorted(_imports(path))
+    return sorted(str(p.relative_to(root.parent)) for p in seen)
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One row of the stage table."""
+    """One row of the stage table; `deps` maps a name to the path `sources[name]` produces."""
 
     name: str
     doc: str
-    cmd_template: str
-    code: tuple[str, ...]
     deps: dict[str, str]
     outs: dict[str, str]
     params: tuple[str, ...]
+    sources: dict[str, str] = field(default_factory=dict)  # dep name -> 'stage.output'
     axes: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
     report: dict[str, dict[str, str]] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def code(self) -> tuple[str, ...]:
+        return tuple(code_files(self.name))
+
+    def producer(self, dep: str) -> str:
+        return self.sources.get(dep, "?").split(".")[0]
+
+    def declared_params(self, cell: Mapping[str, str] | None = None,
+                        item: Callable[[str], str] | None = None) -> list[str]:
+        """The declared keys, with the stage's axes in them filled from `cell` (or by `item`)."""
+        values = dict(cell or {}) if item is None else {a: item(a) for a in self.axes}
+        return [fill(key, values) for key in self.params]
 
     def gathered(self, path: str) -> list[str]:
         """Axes a dependency collects over (not the stage's own)."""
@@ -89,28 +142,22 @@ class Stage:
         return [p.rstrip("/") for p in self.outs.values()]
 
     def command(self, params_file: str = "params.yaml", item: Callable[[str], str] = "{{{}}}".format) -> str:
-        """The shell command, paths quoted; `item(axis)` is how the tool writes an axis value.
-
-        Gathered placeholders stay literal (`{seed}`): the step expands them over the grid.
-        """
+        """`python -m lq <stage> --<dep> PATH ... --<out> PATH ...`, paths quoted; `item(axis)` is
+        how the tool writes an axis value. Gathered placeholders stay literal (`{seed}`): the step
+        expands them over the grid."""
         own = {a: item(a) for a in self.axes}
-        quoted = lambda paths: {k: shlex.quote(fill(v.rstrip("/"), own)) for k, v in paths.items()}  # noqa: E731
-        cmd = self.cmd_template.format(deps=quoted(self.deps), outs=quoted(self.outs))
+        paths = [f"--{name} {shlex.quote(fill(path.rstrip('/'), own))}" for name, path in (*self.deps.items(), *self.outs.items())]
         cell = [f"--axis {a}={own[a]}" for a in self.axes]
-        return " ".join([cmd, "--params", shlex.quote(params_file), *cell])
+        return " ".join(["python -m lq", self.name, *paths, "--params", shlex.quote(params_file), *cell])
 
-    def command_with_values(self, config: Mapping, params_file: str = "params.yaml",
-                            item: Callable[[str], str] = "{{{}}}".format) -> str:
-        """The command plus `--set key=value` for each declared key (Snakemake's view).
+    def set_options(self, config: Mapping, cell: Mapping[str, str]) -> str:
+        """`--set key=value` for each declared key of one cell (Snakemake's view).
 
         Snakemake may run with `--config` overrides that params.yaml does not hold; passing the
         resolved values makes the step see exactly what Snakemake's params trigger compared.
         """
-        sets = [
-            "--set " + shlex.quote(f"{key}={json.dumps(lqconfig.get_key(config, key))}")
-            for key in self.params
-        ]
-        return " ".join([self.command(params_file, item), *sets])
+        return " ".join("--set " + shlex.quote(f"{key}={json.dumps(lqconfig.get_key(config, key))}")
+                        for key in self.declared_params(cell))
 
     def dvc_params(self, raw_params: Mapping) -> list[str]:
         """Keys DVC tracks: the declared ones, plus every preset override of them.
@@ -118,13 +165,13 @@ class Stage:
         A preset changes a key's effective value, so DVC must see both the switch (`preset`) and
         each preset's value of the key to rerun exactly the stages the switch affects.
         """
-        tracked = list(self.params)
+        tracked = self.declared_params(item=_dvc_item)
         presets = raw_params.get("presets") or {}
         preset_keys = [
             f"presets.{name}.{key}"
             for name in presets
             for key in self.params
-            if lqconfig.has_key(presets[name] or {}, key)
+            if not placeholders(key) and lqconfig.has_key(presets[name] or {}, key)
         ]
         if preset_keys:
             tracked += ["preset", *preset_keys]
@@ -147,12 +194,12 @@ def load_table(path: Path = TABLE_PATH) -> tuple[str, list[Stage]]:
         unknown = set(row) - FIELDS
         if unknown:
             raise LqError(f"{path}: stage '{name}' has unknown fields {sorted(unknown)}")
+        sources = dict(row.get("deps") or {})
         stage = Stage(
             name=name,
             doc=row.get("doc", ""),
-            cmd_template=row["cmd"],
-            code=_as_tuple(row.get("code"), "code", name),
-            deps=dict(row.get("deps") or {}),
+            deps={dep: _resolve(source, stages, path, name) for dep, source in sources.items()},
+            sources=sources,
             outs=dict(row.get("outs") or {}),
             params=_as_tuple(row.get("params"), "params", name),
             axes=tuple(grid.axis(a).name for a in _as_tuple(row.get("axes"), "axes", name)),
@@ -170,6 +217,16 @@ def load_table(path: Path = TABLE_PATH) -> tuple[str, list[Stage]]:
         stages.append(stage)
     _check_graph(stages, path)
     return data.get("params_file", "params.yaml"), stages
+
+
+def _resolve(source: str, earlier: list[Stage], path: Path, stage: str) -> str:
+    """'pretrain.model' -> the path that stage's output `model` names."""
+    producer, _, output = str(source).partition(".")
+    for candidate in earlier:
+        if candidate.name == producer and output in candidate.outs:
+            return candidate.outs[output]
+    raise LqError(f"{path}: stage '{stage}' depends on '{source}', which is not an output of an earlier stage "
+                  "(write it as <stage>.<output>)")
 
 
 def _check_graph(stages: list[Stage], path: Path) -> None:

@@ -1,70 +1,44 @@
-"""Lifelong methods are plugins on the events of one fixed training loop (Avalanche-style).
+"""A lifelong method is a plugin of the training engine that also owns the task loss and the pool.
 
-The loop (`lq.train.loop.fit`) calls, in order: `before_task` once per task, then per batch
-`loss` (the task loss) plus `penalty` (the regulariser) before backward, `after_backward` and
-`after_step`; finally `after_task`. A method overrides only the events it needs, and keeps its
-state in `state_dict` so a killed run resumes with it.
+Besides the engine's events (`lq.train.plugin.Plugin`), a method says which table a task trains
+on (`pool`) and which per-batch loss it minimises (`criterion`, cross-entropy here). Its settings
+come from its own block of params.yaml, `lifelong.methods.<name>`, as keyword arguments of its
+constructor: the schema lists exactly those keys, so a misspelt setting is an error, and a method
+without a λ cannot run with λ = 0 by accident.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lq.tasks import training_pool
+from lq.train.plugin import Batch, Plugin, StepLoss, TaskContext
+
+__all__ = ["Method", "TaskContext"]
 
 
-@dataclass
-class TaskContext:
-    """What a method may see when a task starts: never any test data."""
-
-    task: int
-    model: nn.Module
-    device: torch.device
-    replay: Sequence[Any]          # lq.train.data.Batches of the replay sets of tasks < task
-    class_weights: torch.Tensor    # BaLL weights of this task's training pool (C,)
-
-
-class Method:
-    """The plain loop: cross-entropy, no penalty (fine-tuning)."""
+class Method(Plugin):
+    """The plain lifelong loop: cross-entropy, no penalty (fine-tuning)."""
 
     name: ClassVar[str] = "method"
     uses_replay: ClassVar[bool] = False  # reads `TaskContext.replay` (so keeps those images stored)
 
-    def pool(self, train: pd.DataFrame, earlier_replay: Sequence[pd.DataFrame],
+    @classmethod
+    def pool(cls, train: pd.DataFrame, earlier_replay: Sequence[pd.DataFrame],
              earlier_train: Sequence[pd.DataFrame], replay_in_pool: bool) -> pd.DataFrame:
         """The training table of a task: train_t plus earlier replay sets (the paper's pool),
         or train_t alone when replay only feeds the importance (the reference code)."""
         return training_pool(train, earlier_replay if replay_in_pool else [])
 
-    def before_task(self, ctx: TaskContext) -> None:
-        """Called once before training task `ctx.task`, at the previous task's parameters."""
-
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task loss of one batch (also what importance estimates differentiate)."""
         return F.cross_entropy(logits, targets)
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        """Added to the loss before backward; None when the method has none."""
-        return None
-
-    def after_backward(self, model: nn.Module) -> None:
-        """Gradients are available (path-integral methods read them here)."""
-
-    def after_step(self, model: nn.Module) -> None:
-        """The optimizer has stepped."""
-
-    def after_task(self, ctx: TaskContext) -> None:
-        """Called once after training task `ctx.task`."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{self.name} has no state, got keys {sorted(state)}")
+    def loss(self, batch: Batch, forward: Callable[[torch.Tensor], torch.Tensor]) -> StepLoss:
+        logits = forward(batch.x)
+        return StepLoss(self.criterion(logits, batch.y), logits)

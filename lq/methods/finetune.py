@@ -8,5 +8,5 @@ from lq.methods.registry import register_method
 class FineTune(Method):
     name = "finetune"
 
-    def __init__(self, **_: object):
+    def __init__(self) -> None:
         pass

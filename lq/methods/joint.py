@@ -21,10 +21,11 @@ from lq.tasks import training_pool
 class Joint(Method):
     name = "joint"
 
-    def __init__(self, **_: object):
+    def __init__(self) -> None:
         pass
 
-    def pool(self, train: pd.DataFrame, earlier_replay: Sequence[pd.DataFrame],
+    @classmethod
+    def pool(cls, train: pd.DataFrame, earlier_replay: Sequence[pd.DataFrame],
              earlier_train: Sequence[pd.DataFrame], replay_in_pool: bool) -> pd.DataFrame:
         """train_t ∪ train_0 ∪ … ∪ train_{t−1}, as a set of images (tasks share classes)."""
         return training_pool(train, earlier_train)

@@ -12,11 +12,10 @@ the online baselines, F is recomputed at every task from all replay data at θ^{
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any
 
 import torch
 
-from lq.lifelong import combine, quant_noise_importance, snapshot, squared_grad_importance
+from lq.lifelong import combine, noise_amplitude, quant_noise_importance, snapshot, squared_grad_importance
 from lq.methods.base import TaskContext
 from lq.methods.quadratic import QuadraticMethod
 from lq.methods.registry import register_method
@@ -27,12 +26,9 @@ class LifeQuant(QuadraticMethod):
     name = "lifequant"
     uses_replay = True
 
-    def __init__(self, *, ll_lambda: float, balanced: bool = True, ball_form: str = "additive",
-                 noise_importance: bool = False, noise_draws: int = 100, noise_amplitude: float = 0.0,
-                 seed: int = 0, **_: Any):
+    def __init__(self, *, ll_lambda: float, balanced: bool, ball_form: str, noise_importance: bool, noise_draws: int):
         super().__init__(ll_lambda=ll_lambda, balanced=balanced, ball_form=ball_form)
-        self.noise_importance, self.noise_draws, self.noise_amplitude = noise_importance, noise_draws, noise_amplitude
-        self.seed = seed
+        self.noise_importance, self.noise_draws = noise_importance, noise_draws
 
     def before_task(self, ctx: TaskContext) -> None:
         super().before_task(ctx)
@@ -40,10 +36,11 @@ class LifeQuant(QuadraticMethod):
             self.importance, self.anchor = {}, {}
             return
         replay = lambda: chain.from_iterable(r.epoch(0) for r in ctx.replay)  # noqa: E731
-        importance = squared_grad_importance(ctx.model, self.loss, replay())
-        if self.noise_importance and self.noise_amplitude > 0:
-            generator = torch.Generator(device=ctx.device).manual_seed(self.seed + ctx.task)
-            noise = quant_noise_importance(ctx.model, replay(), amplitude=self.noise_amplitude,
+        importance = squared_grad_importance(ctx.model, self.criterion, replay())
+        amplitude = noise_amplitude(ctx.settings["act_range"], ctx.settings["act_bits"]) if self.noise_importance else 0.0
+        if amplitude > 0:
+            generator = torch.Generator(device=ctx.device).manual_seed(ctx.settings["seed"] + ctx.task)
+            noise = quant_noise_importance(ctx.model, replay(), amplitude=amplitude,
                                            draws=self.noise_draws, generator=generator)
             importance = combine(importance, noise)
         self.importance, self.anchor = importance, snapshot(ctx.model)

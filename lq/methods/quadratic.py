@@ -64,7 +64,7 @@ class QuadraticMethod(Method):
 
     state_keys: ClassVar[tuple[str, ...]] = ("importance", "anchor")
 
-    def __init__(self, *, ll_lambda: float, balanced: bool = False, ball_form: str = "additive", **_: Any):
+    def __init__(self, *, ll_lambda: float, balanced: bool, ball_form: str):
         self.lam, self.balanced, self.form = float(ll_lambda), bool(balanced), ball_form
         self.weights: torch.Tensor | None = None
         self.importance: dict[str, torch.Tensor] = {}
@@ -72,7 +72,7 @@ class QuadraticMethod(Method):
         self._device: torch.device | None = None  # where the state tensors live (see `_place`)
 
     # --- the objective ---------------------------------------------------------------------------
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.balanced and self.weights is not None:
             return ball_loss(logits, targets, self.weights, form=self.form)
         return F.cross_entropy(logits, targets)
@@ -131,8 +131,8 @@ class ReplayImportanceMethod(QuadraticMethod):
     state_keys = ("importance", "anchor", "folded")
     uses_replay = True
 
-    def __init__(self, **settings: Any):
-        super().__init__(**settings)
+    def __init__(self, *, ll_lambda: float, balanced: bool, ball_form: str):
+        super().__init__(ll_lambda=ll_lambda, balanced=balanced, ball_form=ball_form)
         self.folded = 0
 
     def task_importance(self, model: nn.Module, batches: Iterable[Batch], task: int) -> Importance:
@@ -154,8 +154,8 @@ class ReplayImportanceMethod(QuadraticMethod):
 class PathIntegralMethod(QuadraticMethod):
     """Shared bookkeeping of SI and RWalk: the task gradient before a step and the step taken."""
 
-    def __init__(self, **settings: Any):
-        super().__init__(**settings)
+    def __init__(self, *, ll_lambda: float, balanced: bool, ball_form: str):
+        super().__init__(ll_lambda=ll_lambda, balanced=balanced, ball_form=ball_form)
         self._grad: dict[str, torch.Tensor] = {}   # task-loss gradient of the current step
         self._before: dict[str, torch.Tensor] = {}  # θ before the current step
 

@@ -20,7 +20,7 @@ Choices:
 - g is the gradient of the task loss alone (BaLL or cross-entropy): `.grad` minus the penalty's
   closed-form gradient, as in SI. F is therefore the empirical Fisher of the training loss.
 - The score is updated every step (the authors' code accumulates ω over Δt = 10 steps first);
-  ε (`rwalk_epsilon`, default 1e-3, the value in the authors' code) bounds it where F Δθ² ≈ 0.
+  ε (`epsilon`, 1e-3 in params.yaml, the value in the authors' code) bounds it where F Δθ² ≈ 0.
 - Clamping at 0 happens per task, before averaging: a task along which a parameter's moves raised
   the loss contributes 0 rather than cancelling another task's positive score.
 - F, the running score, the averaged score and the anchor are state, so a resumed run continues.
@@ -31,7 +31,6 @@ Choices:
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
@@ -56,11 +55,11 @@ class RWalk(PathIntegralMethod):
     name = "rwalk"
     state_keys = ("importance", "anchor", "fisher", "score", "past_score")
 
-    def __init__(self, *, rwalk_alpha: float = 0.9, rwalk_epsilon: float = 1e-3, **settings: Any):
-        super().__init__(**settings)
-        if not 0 < rwalk_alpha <= 1:
-            raise LqError(f"lifelong.rwalk_alpha = {rwalk_alpha!r} is invalid: need a number in (0, 1]")
-        self.alpha, self.eps = float(rwalk_alpha), float(rwalk_epsilon)
+    def __init__(self, *, ll_lambda: float, balanced: bool, ball_form: str, alpha: float, epsilon: float):
+        super().__init__(ll_lambda=ll_lambda, balanced=balanced, ball_form=ball_form)
+        if not 0 < alpha <= 1:
+            raise LqError(f"lifelong.methods.rwalk.alpha = {alpha!r} is invalid: need a number in (0, 1]")
+        self.alpha, self.eps = float(alpha), float(epsilon)
         self.fisher: dict[str, torch.Tensor] = {}      # EWC++ running Fisher F
         self.score: dict[str, torch.Tensor] = {}       # this task's path score s
         self.past_score: dict[str, torch.Tensor] = {}  # s̄, the average over finished tasks

@@ -26,13 +26,13 @@ Choices:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
 
 from lq.errors import LqError
 from lq.lifelong.importance import _eval_mode
+from lq.methods.base import TaskContext
 from lq.methods.quadratic import Batch, Importance, ReplayImportanceMethod, trainable
 from lq.methods.registry import register_method
 
@@ -106,11 +106,15 @@ def sliced_importance(model: nn.Module, batches: Iterable[Batch], projections: t
 class SCP(ReplayImportanceMethod):
     name = "scp"
 
-    def __init__(self, *, scp_projections: int = 100, seed: int = 0, **settings: Any):
-        super().__init__(**settings)
-        if isinstance(scp_projections, bool) or not isinstance(scp_projections, int) or scp_projections < 1:
-            raise LqError(f"lifelong.scp_projections = {scp_projections!r} is invalid: need an integer >= 1")
-        self.projections, self.seed = scp_projections, seed
+    def __init__(self, *, ll_lambda: float, balanced: bool, ball_form: str, projections: int):
+        super().__init__(ll_lambda=ll_lambda, balanced=balanced, ball_form=ball_form)
+        if isinstance(projections, bool) or not isinstance(projections, int) or projections < 1:
+            raise LqError(f"lifelong.methods.scp.projections = {projections!r} is invalid: need an integer >= 1")
+        self.projections, self.seed = projections, 0
+
+    def before_task(self, ctx: TaskContext) -> None:
+        self.seed = int(ctx.settings.get("seed", 0))  # the run's training seed draws the projections
+        super().before_task(ctx)
 
     def task_importance(self, model: nn.Module, batches: Iterable[Batch], task: int) -> Importance:
         # seed + t, with t = task + 1 the task about to start

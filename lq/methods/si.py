@@ -8,7 +8,7 @@ While training task k, every optimizer step adds each parameter's share of the l
 and when the task ends  Ω_i ← max(Ω_i + ω_i / ((Δ_k,i)² + ξ), 0)  with Δ_k = θ^k − θ^{k−1} the
 task's total displacement; ω restarts at 0. Task t ≥ 1 then trains on
 
-    L = task loss over P_t  +  c Σ_i Ω_i (θ_i − θ_i^{t−1})²     (c = `ll_lambda`, ξ = `si_epsilon`).
+    L = task loss over P_t  +  c Σ_i Ω_i (θ_i − θ_i^{t−1})²     (c = `ll_lambda`, ξ = `epsilon`).
 
 Choices:
 - g is the task loss's gradient (BaLL or cross-entropy) without the penalty's, as in the authors'
@@ -18,7 +18,7 @@ Choices:
 - Clamping at 0, as the authors' code does (the paper's formula has no clamp): with momentum a
   step can raise the loss along a parameter, making ω negative, and a negative Ω would reward
   moving away from the anchor and leave the penalty unbounded below.
-- ξ (`si_epsilon`, default 0.1) keeps Ω bounded where a parameter hardly moved over the task.
+- ξ (`epsilon`, 0.1 in params.yaml) keeps Ω bounded where a parameter hardly moved over the task.
 - ω and the task's start θ^{k−1} (= the anchor) are state, so a run resumed mid-task continues
   the same path integral.
 - Training pool: train_t ∪ earlier replay, the pool LifeQuant uses, so only the penalty differs.
@@ -26,7 +26,6 @@ Choices:
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -41,9 +40,9 @@ class SI(PathIntegralMethod):
     name = "si"
     state_keys = ("importance", "anchor", "omega")
 
-    def __init__(self, *, si_epsilon: float = 0.1, **settings: Any):
-        super().__init__(**settings)
-        self.xi = float(si_epsilon)
+    def __init__(self, *, ll_lambda: float, balanced: bool, ball_form: str, epsilon: float):
+        super().__init__(ll_lambda=ll_lambda, balanced=balanced, ball_form=ball_form)
+        self.xi = float(epsilon)
         self.omega: dict[str, torch.Tensor] = {}
 
     def before_task(self, ctx: TaskContext) -> None:

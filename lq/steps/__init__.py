@@ -1,7 +1,10 @@
 """Stage entry points: parse paths and the stage's parameters, call a typed `lq` function.
 
-Every step is run as `python -m lq <step> [paths] --params params.yaml [--set key=value ...]`.
-The step sees only the keys the stage table declares for it (`lq.config.StageParams`).
+Every step is run as `python -m lq <step> --<dep> PATH ... --<out> PATH ... --params params.yaml
+[--axis name=value ...] [--set key=value ...]`. Its path options are built from its row of the
+stage table (`workflow/stages.yaml`): one per named dependency and output, so the table is the
+only place a step's inputs and outputs are declared. The step sees only the parameter keys the
+table declares for it (`lq.config.StageParams`), and turns them into a typed config once.
 """
 
 from __future__ import annotations
@@ -10,20 +13,28 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from lq import config as lqconfig
 from lq import grid
 from lq.errors import LqError
-from lq.pipeline import stage_by_name
+from lq.pipeline import Stage, stage_by_name
 
 log = logging.getLogger("lq")
 
 STEPS = ("download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate")
 
 
-def parser_for(step: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every step shares."""
-    parser = argparse.ArgumentParser(prog=f"python -m lq {step}", description=description)
+def parser_for(stage: Stage, description: str | None) -> argparse.ArgumentParser:
+    """The step's options: its table row's dependencies and outputs, plus the shared ones."""
+    parser = argparse.ArgumentParser(prog=f"python -m lq {stage.name}", description=description)
+    for name, path in stage.deps.items():
+        gathered = bool(stage.gathered(path))
+        parser.add_argument(f"--{name}", type=str if gathered else Path, required=True,
+                            help=f"{path} (from stage {stage.producer(name)})"
+                            + (": a pattern over the grid" if gathered else ""))
+    for name, path in stage.outs.items():
+        parser.add_argument(f"--{name}", type=Path, required=True, help=f"{path} (written)")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -36,27 +47,47 @@ def parser_for(step: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_stage_params(step: str, args: argparse.Namespace) -> lqconfig.StageParams:
+def load_stage_params(stage: Stage, args: argparse.Namespace) -> lqconfig.StageParams:
     """Validate the whole parameter file, then expose only this stage's declared keys.
 
     A stage over grid axes must be told its cell: every axis it depends on, no others.
     """
-    stage = stage_by_name(step)
     cell = grid.parse_assignments(args.axes)
     if set(cell) != set(stage.axes):
-        raise LqError(f"stage '{step}' runs per {', '.join(stage.axes) or 'nothing'}: pass exactly "
+        raise LqError(f"stage '{stage.name}' runs per {', '.join(stage.axes) or 'nothing'}: pass exactly "
                       + (" ".join(f"--axis {a}=VALUE" for a in stage.axes) or "no --axis")
                       + f" (got {', '.join(args.axes) or 'none'})")
     config = lqconfig.load(args.params, args.overrides, cell)
-    return lqconfig.StageParams(config, stage.params, step, cell)
+    return lqconfig.StageParams(config, stage.declared_params(cell), stage.name, cell)
 
 
-def run(step: str, body: Callable[[], None]) -> int:
-    """Run a step body; user errors print one clear line (no traceback) and exit 2."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {step}: %(message)s", datefmt="%H:%M:%S")
+def step(name: str, argv: list[str], description: str | None,
+         body: Callable[[argparse.Namespace, lqconfig.StageParams], None]) -> int:
+    """Parse a step's command line from its table row, load its parameters, run `body(args, params)`.
+
+    User errors print one clear line (no traceback) and exit 2.
+    """
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name}: %(message)s", datefmt="%H:%M:%S")
+    stage = stage_by_name(name)
+    args = parser_for(stage, description).parse_args(argv)
     try:
-        body()
+        params = load_stage_params(stage, args)
+        if "train.nproc" in stage.params and relaunched(name, argv, params["train.nproc"]):
+            return 0
+        body(args, params)
     except LqError as exc:
-        print(f"lq {step}: error: {exc}", file=sys.stderr)
+        print(f"lq {name}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def relaunched(name: str, argv: list[str], nproc: int) -> bool:
+    """True when this step ran on `nproc` processes under torchrun (and succeeded)."""
+    from lq.train.distributed import relaunch_under_torchrun
+
+    code = relaunch_under_torchrun(name, argv, nproc)
+    if code is None:
+        return False
+    if code != 0:
+        raise LqError(f"{name} on {nproc} processes under torchrun failed (exit {code}); see the log above")
+    return True

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from lq.steps import load_stage_params, parser_for, run
-from lq.steps.training import TrainingRun, relaunched
+from lq.steps import step, typed
+from lq.train import recipes
 
 
 def main(argv: list[str]) -> int:
-    parser = parser_for("pretrain", __doc__)
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--split", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    parser.add_argument("--curve", type=Path, required=True, help="training curve CSV to write")
-    args = parser.parse_args(argv)
+    def body(args, p) -> None:
+        recipe = recipes.Recipe(p.run_name, typed.runtime(p), p["model.arch"], typed.schedule(p, "pretrain"), dict(p))
+        recipes.pretrain(recipe, store=args.store, split=args.split, out=args.model, curve=args.curve)
 
-    def body() -> None:
-        params = load_stage_params("pretrain", args)
-        if relaunched("pretrain", argv, params):
-            return
-        job = TrainingRun("pretrain", params, args.store, inputs=[args.store, args.split])
-        model = job.new_model(weight_bits=32, act_bits=32)
-        job.train_task(model, job.table(args.split / "train0.csv"), task=0, phase="pretrain")
-        job.finish(model, args.out, args.curve)
-
-    return run("pretrain", body)
+    return step("pretrain", argv, __doc__, body)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,13 @@ def save(path: Path, payload: Mapping[str, Any]) -> None:
         torch.save(dict(payload), tmp)
 
 
-def load(path: Path, expect: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu") -> dict:
-    """Load with `weights_only=True` and check its config against `expect` (key by key)."""
+def load(path: Path, expect: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu",
+         describe: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> dict:
+    """Load with `weights_only=True` and check its config against `expect` (key by key).
+
+    `describe` turns the stored config into the flat view `expect` is written against
+    (`lq.train.spec.describe`); by default the config itself.
+    """
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -40,8 +45,12 @@ def load(path: Path, expect: Mapping[str, Any] | None = None, map_location: str 
         raise LqError(f"{path}: not a readable lq checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
         raise LqError(f"{path}: not an lq checkpoint (no model/config entries)")
+    try:
+        view = describe(payload["config"]) if describe else payload["config"]
+    except (KeyError, TypeError, LqError):
+        raise LqError(f"{path}: checkpoint config is not in this lq version's format; rerun the stage that makes it") from None
     for key, wanted in (expect or {}).items():
-        got = payload["config"].get(key)
+        got = view.get(key)
         if got != wanted:
             raise LqError(
                 f"{path}: checkpoint was made with {key} = {got!r}, but this run needs {key} = {wanted!r}; "

@@ -114,16 +114,27 @@ class Batches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def epoch(self, seed: Sequence[int] | int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, x, y in self.indexed_epoch(seed):
+            yield x, y
+
+    def indexed_epoch(self, seed: Sequence[int] | int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(store rows, images, labels) per batch; the rows let a loss draw further views."""
         generator = torch.Generator().manual_seed(_mix(seed))
         order = torch.randperm(len(self.rows), generator=generator) if self.shuffle else torch.arange(len(self.rows))
         order = order.to(self.rows.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = self.rows[order[start : start + self.batch_size]]
-            x = self.bank.images[index].float()
-            if self.augment is not None:
-                x = self.augment(x, generator)  # zero padding: 0 is black in [0, 255] as in [0, 1]
-            x.sub_(self._shift).mul_(self._scale)  # (x / 255 - mean) / std, in place
-            yield x, self.bank.labels[index]
+            yield index, self._prepare(index, generator), self.bank.labels[index]
+
+    def view(self, index: torch.Tensor, seed: Sequence[int] | int) -> torch.Tensor:
+        """Another augmented view of the images at `index`, from its own seeded generator."""
+        return self._prepare(index, torch.Generator().manual_seed(_mix(seed)))
+
+    def _prepare(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = self.bank.images[index].float()
+        if self.augment is not None:
+            x = self.augment(x, generator)  # zero padding: 0 is black in [0, 255] as in [0, 1]
+        return x.sub_(self._shift).mul_(self._scale)  # (x / 255 - mean) / std, in place
 
     def __iter__(self):
         return self.epoch(0)

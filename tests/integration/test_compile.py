@@ -16,7 +16,8 @@ from lq.methods import create_method
 from lq.models import create_model
 from lq.quant.config import QuantConfig
 from lq.quant.convert import quantize_model
-from lq.train.loop import Schedule, fit
+from lq.train.engine import fit
+from lq.train.settings import Schedule
 
 TOL = 1e-3
 pytestmark = pytest.mark.integration
@@ -49,8 +50,7 @@ def train(compiled: bool) -> tuple[list[dict], dict[str, torch.Tensor]]:
     net = model(32)
     history: list[dict] = []
     fit(net, TinyBatches(), Schedule(epochs=2, lr=0.05, milestones=(), gamma=0.1, momentum=0.9, weight_decay=0.0),
-        create_method("finetune"), task=0, seed=0, resume=None, config={}, history=history,
-        forward=torch.compile(net) if compiled else net)
+        [create_method("finetune")], history=history, forward=torch.compile(net) if compiled else net)
     return history, {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import planned_jobs, run, set_param, tree_bytes
 
 DATA_STAGES = ["download", "split", "replay", "count"]
-DATA_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts"]
+DATA_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts/lifequant"]
 pytestmark = pytest.mark.integration
 
 
@@ -21,7 +21,7 @@ def snakemake_data(root, *extra):
 
 
 def ran_stages(dvc_output: str) -> list[str]:
-    return [s for s in DATA_STAGES if f"Running stage '{s}'" in dvc_output]
+    return [s for s in DATA_STAGES if f"Running stage '{s}'" in dvc_output or f"Running stage '{s}@" in dvc_output]
 
 
 def test_snakemake_runs_the_data_stages(project):
@@ -37,7 +37,7 @@ def test_snakemake_runs_the_data_stages(project):
         replay = pd.read_csv(project / "data" / "replay" / f"replay{t}.csv")
         assert set(replay["image"]) <= set(train["image"])
         assert not any(img.startswith("test/") for img in replay["image"])
-        weights = json.loads((project / "data" / "counts" / f"reweight{t}.json").read_text())
+        weights = json.loads((project / "data" / "counts" / "lifequant" / f"reweight{t}.json").read_text())
         assert len(weights) == len(tasks["classes"])
 
 

@@ -18,12 +18,13 @@ from torch import nn
 
 from lq.methods import Method
 from lq.models import create_model
-from lq.train import checkpoint, distributed
-from lq.train.checkpoint import ResumeDir
+from lq.quant.config import QuantConfig
+from lq.quant.convert import quantize_model
+from lq.train import checkpoint, distributed, spec
 from lq.train.data import Augment, Batches, ImageBank
 from lq.train.distributed import World, shard
-from lq.train.loop import Schedule, fit
-from lq.train.session import requantize
+from lq.train.engine import fit
+from lq.train.settings import Schedule
 from tests.conftest import REPO, tool_env
 
 # 16 images, batches of 8, 2 epochs: 4 SGD steps (momentum and a milestone included).
@@ -37,7 +38,7 @@ import sys
 from pathlib import Path
 import torch
 from lq.train.distributed import close, init_world
-from tests.test_distributed import VARIANTS, train
+from tests.integration.test_distributed import VARIANTS, train
 
 out = Path(sys.argv[1])
 world, device = init_world(torch.device("cpu"))
@@ -72,7 +73,7 @@ def small_model(variant: str) -> nn.Module:
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, nn.GroupNorm(4, module.num_features))
     if variant == "lsq":
-        requantize(model, LSQ)
+        quantize_model(model, QuantConfig(**LSQ))
         for name, param in model.named_parameters():
             if name.endswith(".step"):
                 param.requires_grad_(False)  # initialised, then frozen (see the test's docstring)
@@ -87,8 +88,8 @@ def train(variant: str, world: World | None, resume_root: Path) -> tuple[nn.Modu
     bank = tiny_bank()
     batches = Batches(bank, torch.arange(16), 8, shuffle=True, augment=Augment(pad=1, hflip=True))
     history: list[dict] = []
-    fit(model, batches, SCHEDULE, Method(), task=0, seed=3, resume=ResumeDir("test", "x", root=resume_root),
-        config={"arch": "test"}, history=history, forward=distributed.wrap(model, world), world=world)
+    fit(model, batches, SCHEDULE, [Method()], task=0, seed=3, history=history,
+        forward=distributed.wrap(model, world), world=world)
     return model, history, samples[0]
 
 
@@ -105,8 +106,8 @@ def test_two_gloo_processes_train_like_one_process_on_the_combined_batch(tmp_pat
     Its steps are frozen after that: LSQ scales a step's gradient by 1/sqrt(numel of the input),
     which under DDP is the rank's slice, so a trained activation step legitimately differs.
     Also checked: each rank forwarded half the samples (plus one whole batch for the LSQ
-    initialisation), the epoch curve is summed over ranks, the ranks end identical, and the
-    resume checkpoint (main rank only) holds the unwrapped state dict.
+    initialisation), the epoch curve is summed over ranks, and the ranks end identical. (That the
+    main rank alone writes the unwrapped state dict is checked end to end below.)
     """
     (tmp_path / "worker.py").write_text(WORKER)
     env = {**tool_env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -138,11 +139,6 @@ def test_two_gloo_processes_train_like_one_process_on_the_combined_batch(tmp_pat
             assert row["accuracy"] == ref["accuracy"] and row["lr"] == ref["lr"], (variant, row, ref)
             assert abs(row["loss"] - ref["loss"]) <= 2e-6, (variant, row, ref)
 
-        resume = list((tmp_path / variant / "resume").rglob("last.pt"))
-        assert len(resume) == 1
-        saved = checkpoint.load(resume[0])
-        assert saved["model"].keys() == reference.keys()  # no "module." prefix from the DDP wrapper
-        assert saved["epoch"] == SCHEDULE.epochs - 1 and saved["history"] == ranks[0]["history"]
 
     # `wrap` converts to SyncBatchNorm exactly where torch can run it (not on CPU, as measured here)
     measured = (tmp_path / "syncbn0").read_text()
@@ -201,9 +197,10 @@ def test_train_nproc_runs_a_stage_on_two_processes_end_to_end(project: Path) -> 
     for key, value in {"train.nproc": 2, "train.device": "cpu", "pretrain.epochs": 1, "pretrain.milestones": [1]}.items():
         set_param(project, key, value)
     out = run(["python", "-m", "lq", "pretrain", "--store", "data/store", "--split", "data/split",
-               "--out", "m.pt", "--curve", "c.csv", "--params", "params.yaml", "--axis", "seed=0"], project)
+               "--model", "m.pt", "--curve", "c.csv", "--params", "params.yaml", "--axis", "seed=0"], project)
     assert "relaunching on 2 processes" in out.stderr
-    payload = checkpoint.load(project / "m.pt", {"arch": "resnet20", "weight_bits": 32})
+    payload = checkpoint.load(project / "m.pt", {"arch": "resnet20", "weight_bits": 32}, describe=spec.describe)
+    assert all(not key.startswith("module.") for key in payload["model"])  # the unwrapped state dict
     assert payload["history"][0]["epoch"] == 1
     assert (project / "c.csv").read_text().startswith("step,task,epoch,loss,accuracy,lr")
     assert not any((project / ".lq-resume").rglob("*.pt"))

@@ -45,7 +45,8 @@ def test_path_patterns():
 def test_every_stage_runs_per_exactly_the_axes_its_outputs_name():
     _, stages = load_table()
     axes = {s.name: set(s.axes) for s in stages}
-    assert axes["download"] == axes["split"] == axes["replay"] == axes["count"] == set()
+    assert axes["download"] == axes["split"] == axes["replay"] == set()
+    assert axes["count"] == {"method"}  # BaLL weights of the pool each method trains on
     assert axes["pretrain"] == {"seed"}
     assert axes["qat8"] == {"seed", "quantizer"}
     assert axes["lifelong"] == axes["evaluate"] == set(grid.AXES)
@@ -62,7 +63,7 @@ def _set_grid(root: Path, **values) -> None:
 # (grid, expected Snakemake job counts): shared stages once per value of their own axes
 GRIDS = [
     ({"method": ["lifequant", "ewc"], "bits": ["w4a4", "w8a8"], "seed": [0, 1]},
-     {"download": 1, "split": 1, "replay": 1, "count": 1, "pretrain": 2, "qat8": 2, "lifelong": 8,
+     {"download": 1, "split": 1, "replay": 1, "count": 2, "pretrain": 2, "qat8": 2, "lifelong": 8,
       "evaluate": 8, "aggregate": 1, "all": 1}),
     ({"method": ["finetune"], "quantizer": ["proxq", "dorefa", "lsq"], "seed": [3, 4]},
      {"download": 1, "split": 1, "replay": 1, "count": 1, "pretrain": 2, "qat8": 6, "lifelong": 6,
@@ -99,7 +100,7 @@ def test_adding_a_seed_plans_only_the_new_cells_and_the_aggregate(project):
 @pytest.mark.integration
 def test_a_step_without_its_cell_is_refused(project):
     proc = run(["python", "-m", "lq", "pretrain", "--store", "data/store", "--split", "data/split",
-                "--out", "m.pt", "--curve", "c.csv"], project, check=False)
+                "--model", "m.pt", "--curve", "c.csv"], project, check=False)
     assert proc.returncode == 2
     assert "--axis seed=VALUE" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -12,6 +12,7 @@ from lq.pipeline import TABLE_PATH, generate, load_table
 from tests.conftest import REPO, run
 
 PARAMS_FILE, STAGES = load_table(TABLE_PATH)
+DEFAULT_CELL = {"method": "lifequant", "bits": "w4a4", "quantizer": "proxq", "seed": "0"}
 
 
 def test_committed_dvc_yaml_is_a_fresh_generation():
@@ -22,12 +23,15 @@ def test_committed_dvc_yaml_is_a_fresh_generation():
 def test_dvc_params_are_exactly_the_declared_keys_plus_their_preset_overrides():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     raw = lqconfig.read_yaml(REPO / "params.yaml")
+    methods = lqconfig.resolve(raw)["grid"]["method"]
     for stage in STAGES:
         tracked = dvc["stages"][stage.name].get("params", [])
         base = [k for k in tracked if k != "preset" and not k.startswith("presets.")]
-        assert base == list(stage.params)
+        assert base == stage.declared_params(item="${{item.{}}}".format)
         for key in tracked:
-            assert lqconfig.has_key(raw, key), f"dvc.yaml tracks {key}, which params.yaml lacks"
+            for method in methods:  # a per-method key is tracked per cell: lifelong.methods.${item.method}
+                filled = key.replace("${item.method}", method)
+                assert lqconfig.has_key(raw, filled), f"dvc.yaml tracks {filled}, which params.yaml lacks"
 
 
 def _snakemake_edges(dot: str) -> set[tuple[str, str]]:
@@ -63,4 +67,4 @@ def test_each_rule_passes_exactly_its_declared_keys(project):
     out = run(["snakemake", "-n", "-p", "--forceall", "all"], project).stdout
     for stage in STAGES:
         line = next(l for l in out.splitlines() if f"python -m lq {stage.name} " in l)
-        assert re.findall(r"--set '?([\w.]+)=", line) == list(stage.params)
+        assert re.findall(r"--set '?([\w.]+)=", line) == stage.declared_params(DEFAULT_CELL)

@@ -19,7 +19,7 @@ import torch
 
 from lq.errors import LqError
 from lq.pipeline import stage_by_name
-from lq.train import checkpoint
+from lq.train import checkpoint, spec
 from tests.conftest import (CELL_AXES, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, job_stats, new_project, run,
                             set_param, tool_env)
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate"]
 # Everything `lifelong` needs: with these made, a run of METRICS is lifelong + evaluate.
-UPSTREAM_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts", QAT8]
+UPSTREAM_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts/lifequant", QAT8]
 UPSTREAM_STAGES = ["download", "split", "replay", "count", "pretrain", "qat8"]
 # Short training for the resume tests. The lifelong milestone (2) falls after the kill points, so
 # a resume that lost the scheduler state would train epoch 3 at the wrong learning rate.
@@ -122,7 +122,7 @@ def assert_same_lifelong_result(root: Path, reference: Path) -> None:
         ref = load_ckpt(reference / LIFELONG / f"task{t}.pt")
         assert_same(mine["model"], ref["model"], f"task{t}.pt model")
         # LifeQuant has no importance yet while training task 0
-        assert_same(mine["method"], ref["method"], f"task{t}.pt method state", may_be_empty=t == 0)
+        assert_same(mine["plugins"], ref["plugins"], f"task{t}.pt method state", may_be_empty=t == 0)
         assert mine["history"] == ref["history"]
 
 
@@ -202,7 +202,8 @@ def test_lifelong_folder_holds_a_safe_loadable_checkpoint_per_task(default_run):
     assert files == [f"task{t}.pt" for t in range(T)]
     for t in range(T):
         payload = load_ckpt(folder / f"task{t}.pt")  # weights_only: plain tensors and primitives
-        config = payload["config"]
+        config = spec.describe(payload["config"])  # the model spec and quantization config, flat
+        assert payload["config"]["quant"]["weight_quantizer"] == "proxq"
         assert config["weight_bits"] == 4 and config["act_bits"] == 4
         assert config["arch"] == "resnet20" and config["num_classes"] == 10
         assert config["method"] == "lifequant" and config["stage"] == "lifelong"
@@ -211,7 +212,8 @@ def test_lifelong_folder_holds_a_safe_loadable_checkpoint_per_task(default_run):
         assert {r["task"] for r in payload["history"]} == set(range(t + 1))
         # LifeQuant's importance (taken on the replay of tasks < t, at the start of task t)
         # weighs the model's parameters; task 0 has no earlier task, hence none.
-        importance, anchor = payload["method"]["importance"], payload["method"]["anchor"]
+        state = payload["plugins"]["lifequant"]
+        importance, anchor = state["importance"], state["anchor"]
         if t == 0:
             assert importance == {} and anchor == {}
         else:
@@ -247,9 +249,9 @@ def test_evaluate_refuses_a_checkpoint_of_another_bit_width(default_run, tmp_pat
 
 def test_checkpoint_load_refuses_another_architecture(default_run):
     path = default_run / LIFELONG / "task0.pt"
-    assert checkpoint.load(path, {"arch": "resnet20", "weight_bits": 4})["config"]["arch"] == "resnet20"
+    assert checkpoint.load(path, {"arch": "resnet20", "weight_bits": 4}, describe=spec.describe)
     with pytest.raises(LqError) as info:
-        checkpoint.load(path, {"arch": "mobilenetv2"})
+        checkpoint.load(path, {"arch": "mobilenetv2"}, describe=spec.describe)
     message = str(info.value)
     assert "arch = 'resnet20'" in message and "arch = 'mobilenetv2'" in message
     assert str(path) in message
@@ -259,8 +261,8 @@ def test_checkpoint_load_refuses_another_architecture(default_run):
 
 def lifelong_cmd(out: str, curve: str, epochs: int) -> list[str]:
     return ["python", "-m", "lq", "lifelong", "--store", "data/store", "--split", "data/split",
-            "--replay", "data/replay", "--counts", "data/counts", "--init", QAT8,
-            "--out", out, "--curve", curve, "--params", "params.yaml", "--set", f"lifelong.epochs={epochs}",
+            "--replay", "data/replay", "--counts", "data/counts/lifequant", "--init", QAT8,
+            "--models", out, "--curve", curve, "--params", "params.yaml", "--set", f"lifelong.epochs={epochs}",
             "--set", "train.device=cpu", *CELL_AXES]
 
 
@@ -298,7 +300,7 @@ def test_lifelong_never_reads_test_data(default_run, tmp_path):
         a = load_ckpt(root / "models" / "first" / f"task{t}.pt")
         b = load_ckpt(root / "models" / "second" / f"task{t}.pt")
         assert_same(a["model"], b["model"], f"task{t}.pt model")
-        assert_same(a["method"], b["method"], f"task{t}.pt method state (importance, anchor)",
+        assert_same(a["plugins"], b["plugins"], f"task{t}.pt method state (importance, anchor)",
                     may_be_empty=t == 0)
         assert a["history"] == b["history"]
     assert (root / "plots" / "first.csv").read_bytes() == (root / "plots" / "second.csv").read_bytes()

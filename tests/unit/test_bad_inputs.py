@@ -24,10 +24,11 @@ from lq.data.sources import load_folder
 from lq.errors import LqError
 from lq.methods import create_method
 from lq.models import create_model
-from lq.steps.io import read_table
+from lq.io import read_table
 from lq.tasks import task_classes
 from lq.train import checkpoint
-from lq.train.loop import Schedule, fit
+from lq.train.engine import fit
+from lq.train.settings import Schedule
 
 RAW = lqconfig.read_yaml(REPO_ROOT / "params.yaml")
 
@@ -58,8 +59,8 @@ PARAMS = [
     ("grid.bits", ["w4a0"], "wKaK"),
     ("grid.method", ["icarl"], "lifelong method name"),
     ("grid.seed", ["0"], "training seed"),
-    ("lifelong.ll_lambda.mas", -5, ">= 0"),
-    ("lifelong.ball_form", "mixed", "additive or multiplicative"),
+    ("lifelong.methods.mas.ll_lambda", -5, ">= 0"),
+    ("lifelong.methods.ewc.ball_form", "mixed", "additive or multiplicative"),
 ]
 
 
@@ -77,7 +78,7 @@ def test_bad_parameter(key, value, words):
 def test_unknown_key_is_named():
     raw = copy.deepcopy(RAW)
     raw["lifelong"]["lambda"] = 1
-    with pytest.raises(LqError, match="'lambda' was unexpected"):
+    with pytest.raises(LqError, match=r"lifelong\.lambda: unknown key .*allowed here: .*methods"):
         lqconfig.resolve(raw)
 
 
@@ -184,8 +185,7 @@ def test_nan_loss_stops_with_epoch_step_and_hint():
     model = create_model("resnet20", num_classes=2, in_channels=1, image_size=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(LqError, match=r"task 0, epoch 1, step 1: the loss is nan.*Lower the learning rate"):
-        fit(model, _NaNBatches(), Schedule(1, 0.1, (), 0.1, 0.9, 0.0), create_method("finetune"),
-            task=0, seed=0, resume=None, config={}, history=[])
+        fit(model, _NaNBatches(), Schedule(1, 0.1, (), 0.1, 0.9, 0.0), [create_method("finetune")])
     # it stopped before the optimizer stepped on the NaN: the weights are untouched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point()
                and "running" not in k)
@@ -241,7 +241,8 @@ def test_a_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path)
 def test_deterministic_switch_trains_on_cpu_and_is_reported_by_torch():
     from lq.methods import create_method
     from lq.train.device import use_deterministic_kernels
-    from lq.train.loop import Schedule, fit
+    from lq.train.engine import fit
+    from lq.train.settings import Schedule
 
     class Batches:
         def __len__(self):
@@ -255,8 +256,7 @@ def test_deterministic_switch_trains_on_cpu_and_is_reported_by_torch():
     def train():
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-        fit(model, Batches(), Schedule(2, 0.1, (), 0.1, 0.9, 0.0), create_method("finetune"), task=0, seed=0,
-            resume=None, config={}, history=[])
+        fit(model, Batches(), Schedule(2, 0.1, (), 0.1, 0.9, 0.0), [create_method("finetune")])
         return model
 
     plain = train()

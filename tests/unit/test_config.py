@@ -25,7 +25,7 @@ def test_paper_preset_is_the_papers_configuration():
     assert paper["grid"]["bits"] == ["w4a4"] and paper["grid"]["method"] == ["lifequant"]
     cell = lqconfig.resolve(RAW, [("preset", "paper")], {"bits": "w4a4", "method": "lifequant"})
     assert (cell["lifelong"]["weight_bits"], cell["lifelong"]["act_bits"]) == (4, 4)
-    assert paper["lifelong"]["ll_lambda"]["lifequant"] == 100
+    assert paper["lifelong"]["methods"]["lifequant"]["ll_lambda"] == 100
     assert paper["lifelong"]["epochs"] == 30 and paper["lifelong"]["milestones"] == [10, 20]
 
 
@@ -60,8 +60,8 @@ INVALID = [
     ("grid.seed", [-1], "grid.seed"),
     ("grid.quantizer", ["apot"], "quantizer"),
     ("grid.quantizer", "proxq", "non-empty list"),
-    ("lifelong.ll_lambda.ewc", -1, ">= 0"),
-    ("lifelong.ll_lambda", 100, "lambda per penalty method"),
+    ("lifelong.methods.ewc.ll_lambda", -1, ">= 0"),
+    ("lifelong.methods", 100, "one settings block per lifelong method"),
     ("pretrain.lr", 0, "> 0"),
 ]
 

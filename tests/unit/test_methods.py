@@ -16,15 +16,25 @@ from torch import nn
 
 from lq import config as lqconfig
 from lq.errors import LqError
-from lq.methods import TaskContext, create_method, list_methods
+from lq.methods import TaskContext, create_method, list_methods, method_settings
 from lq.methods.scp import sliced_importance, unit_projections
-from lq.train.loop import Schedule, fit
+from lq.train.engine import fit
+from lq.train.settings import Schedule
 
 CPU = torch.device("cpu")
 CLASSES = 3
-# What lq/steps/lifelong.py passes; each method takes what it uses and ignores the rest.
-SETTINGS = dict(ll_lambda=1.0, balanced=True, ball_form="additive", noise_importance=False, noise_draws=4,
-                seed=0, noise_amplitude=0.0, si_epsilon=0.1, rwalk_alpha=0.9, scp_projections=5)
+# Each method's params block (lifelong.methods.<name>), small values for tiny models.
+PENALTY = dict(ll_lambda=1.0, balanced=True, ball_form="additive")
+SETTINGS = {
+    "finetune": {}, "joint": {}, "ewc": PENALTY, "mas": PENALTY,
+    "lifequant": {**PENALTY, "noise_importance": False, "noise_draws": 4},
+    "si": {**PENALTY, "epsilon": 0.1}, "rwalk": {**PENALTY, "alpha": 0.9, "epsilon": 1e-3},
+    "scp": {**PENALTY, "projections": 5},
+}
+
+
+def make(name, **changes):
+    return create_method(name, {**SETTINGS[name], **changes})
 NO_PENALTY = {"finetune", "joint"}
 SCHEDULE = Schedule(epochs=1, lr=0.05, milestones=(), gamma=0.1, momentum=0.9, weight_decay=1e-4)
 
@@ -73,9 +83,10 @@ def random_batches(seed: int, n: int = 3, size: int = 8) -> ListBatches:
                        for _ in range(n))
 
 
-def ctx(task, model, replay=()):
+def ctx(task, model, replay=(), seed=0):
     return TaskContext(task=task, model=model, device=CPU, replay=list(replay),
-                       class_weights=torch.tensor([1.0, 0.5, 0.8]))
+                       class_weights=torch.tensor([1.0, 0.5, 0.8]),
+                       settings={"seed": seed, "act_range": 2.0, "act_bits": 4})
 
 
 def train_task(method, model, task, data, replay=()):
@@ -83,7 +94,7 @@ def train_task(method, model, task, data, replay=()):
     history = []
     c = ctx(task, model, replay)
     method.before_task(c)
-    fit(model, data, SCHEDULE, method, task=task, seed=0, resume=None, config={}, history=history)
+    fit(model, data, SCHEDULE, [method], task=task, seed=0, history=history)
     method.after_task(c)
     return history
 
@@ -111,10 +122,41 @@ def test_schema_enum_is_the_registry():
     assert {"lifequant", "finetune", "ewc", "mas", "si", "rwalk", "scp", "joint"} <= set(list_methods())
 
 
+def _block_schema(schema, name):
+    block = schema["properties"]["lifelong"]["properties"]["methods"]["properties"][name]
+    return schema["$defs"][block["$ref"].rsplit("/", 1)[1]] if "$ref" in block else block
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_each_method_block_in_the_schema_lists_exactly_its_constructor_settings(name):
+    schema = lqconfig.load_schema()
+    block = _block_schema(schema, name)
+    assert sorted(block.get("properties", {})) == sorted(method_settings(name))
+    assert sorted(block.get("required", [])) == sorted(method_settings(name))
+    assert block["additionalProperties"] is False
+    assert sorted(schema["properties"]["lifelong"]["properties"]["methods"]["required"]) == list_methods()
+
+
+def test_a_misspelt_or_missing_setting_is_an_error_naming_it():
+    with pytest.raises(LqError, match=r"lifelong.methods.ewc: unknown setting\(s\) lambda; missing setting\(s\) ll_lambda"):
+        create_method("ewc", {"lambda": 1.0, "balanced": True, "ball_form": "additive"})
+    with pytest.raises(LqError, match=r"lifelong.methods.finetune: unknown setting\(s\) ll_lambda"):
+        create_method("finetune", {"ll_lambda": 1.0})
+
+
+def test_a_penalty_method_without_lambda_in_params_is_refused_before_any_work():
+    raw = lqconfig.read_yaml(lqconfig.REPO_ROOT / "params.yaml")
+    del raw["lifelong"]["methods"]["ewc"]["ll_lambda"]
+    with pytest.raises(LqError, match=r"lifelong.methods.ewc: 'll_lambda' is a required property"):
+        lqconfig.resolve(raw)
+
+
 @pytest.mark.parametrize("key,value,words", [
-    ("lifelong.si_epsilon", 0, "> 0"), ("lifelong.rwalk_alpha", 1.5, "(0, 1]"),
-    ("lifelong.rwalk_alpha", 0, "(0, 1]"), ("lifelong.scp_projections", 0, ">= 1"),
-    ("lifelong.scp_projections", 2.5, "integer"), ("lifelong.method", "lwf", "lifelong method"),
+    ("lifelong.methods.si.epsilon", 0, "> 0"), ("lifelong.methods.rwalk.alpha", 1.5, "(0, 1]"),
+    ("lifelong.methods.rwalk.alpha", 0, "(0, 1]"), ("lifelong.methods.scp.projections", 0, ">= 1"),
+    ("lifelong.methods.scp.projections", 2.5, "integer"), ("lifelong.method", "lwf", "lifelong method"),
+    ("lifelong.methods.ewc.lambda", 1.0, "unknown key"),
+    ("lifelong.methods.finetune.ll_lambda", 1.0, "allowed here: nothing"),
 ])
 def test_method_settings_are_validated_by_the_schema(key, value, words):
     raw = lqconfig.read_yaml(lqconfig.REPO_ROOT / "params.yaml")
@@ -127,7 +169,7 @@ def test_method_settings_are_validated_by_the_schema(key, value, words):
 
 @pytest.mark.parametrize("name", list_methods())
 def test_penalty_is_zero_at_the_anchor_and_positive_away_from_it(name):
-    model, method = TinyNet(), create_method(name, **SETTINGS)
+    model, method = TinyNet(), make(name)
     replay0 = random_batches(1, n=2)
     train_task(method, model, 0, random_batches(0), [])
     method.before_task(ctx(1, model, [replay0]))
@@ -147,7 +189,7 @@ def test_pool_is_union_of_seen_training_for_joint_and_train_plus_replay_otherwis
     table = lambda *ids: pd.DataFrame({"image": list(ids), "label": [0] * len(ids)})  # noqa: E731
     train = table("a", "b")
     earlier_train, earlier_replay = [table("c", "d", "a"), table("e", "f")], [table("c"), table("e")]
-    method = create_method(name, **SETTINGS)
+    method = make(name)
     for replay_in_pool in (True, False):
         pool = method.pool(train, earlier_replay, earlier_train, replay_in_pool)
         assert pool["image"].is_unique
@@ -162,22 +204,22 @@ def test_pool_is_union_of_seen_training_for_joint_and_train_plus_replay_otherwis
 def test_state_round_trips_through_a_weights_only_checkpoint(name):
     """Saved mid-task and loaded as `fit` resumes (after before_task), a method goes on identically."""
     replay = [random_batches(1, n=2), random_batches(2, n=2)]
-    model, method = TinyNet(), create_method(name, **SETTINGS)
+    model, method = TinyNet(), make(name)
     train_task(method, model, 0, random_batches(0), [])
     method.before_task(ctx(1, model, replay[:1]))
-    fit(model, random_batches(3), SCHEDULE, method, task=1, seed=0, resume=None, config={}, history=[])
+    fit(model, random_batches(3), SCHEDULE, [method], task=1, seed=0)
     buffer = io.BytesIO()
     torch.save({"method": method.state_dict(), "model": model.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
 
-    resumed_model, resumed = TinyNet(seed=1), create_method(name, **SETTINGS)
+    resumed_model, resumed = TinyNet(seed=1), make(name)
     resumed_model.load_state_dict(saved["model"])
     resumed.before_task(ctx(1, resumed_model, replay[:1]))
     resumed.load_state_dict(saved["method"])
     assert same(resumed.state_dict(), method.state_dict())
     for m, net in ((method, model), (resumed, resumed_model)):  # the rest of task 1, then task 2 starts
-        fit(net, random_batches(4), SCHEDULE, m, task=1, seed=0, resume=None, config={}, history=[])
+        fit(net, random_batches(4), SCHEDULE, [m], task=1, seed=0)
         m.after_task(ctx(1, net, replay[:1]))
         m.before_task(ctx(2, net, replay))
     assert same(resumed.state_dict(), method.state_dict())
@@ -190,7 +232,7 @@ def test_state_round_trips_through_a_weights_only_checkpoint(name):
 
 @pytest.mark.parametrize("name", list_methods())
 def test_two_tasks_of_training_run_with_finite_loss(name):
-    model, method = TinyNet(), create_method(name, **SETTINGS)
+    model, method = TinyNet(), make(name)
     rows = []
     replay = [random_batches(10, n=1), random_batches(11, n=1)]
     for t in range(2):
@@ -222,7 +264,7 @@ def step(method, model, grad, new):
 def test_si_accumulates_the_path_integral_over_steps():
     # ξ = 0.0625 so the numbers stay exact; c = λ = 1.
     model = Params(1.0)
-    si = create_method("si", **{**SETTINGS, "si_epsilon": 0.0625})
+    si = make("si", epsilon=0.0625)
     si.before_task(ctx(0, model))
     step(si, model, [2.0], [0.5])    # ω = −g·Δθ = −2 · (0.5 − 1)    = 1
     assert si.omega["w"].item() == 1.0
@@ -244,7 +286,7 @@ def test_si_accumulates_the_path_integral_over_steps():
 
 def test_si_clamps_the_accumulated_importance_at_zero():
     model = Params(1.0, 1.0)
-    si = create_method("si", **{**SETTINGS, "si_epsilon": 0.0625})
+    si = make("si", epsilon=0.0625)
     si.before_task(ctx(0, model))
     step(si, model, [2.0, 2.0], [0.5, 1.5])  # ω = [−2·(−0.5), −2·0.5] = [1, −1]
     si.after_task(ctx(0, model))
@@ -260,7 +302,7 @@ def test_si_clamps_the_accumulated_importance_at_zero():
 def test_rwalk_accumulates_fisher_and_score_over_steps_and_averages_tasks():
     # α = 0.5 (weight of the newest batch), ε = 0.5, λ = 1: round numbers.
     model = Params(1.0, 1.0)
-    rw = create_method("rwalk", **{**SETTINGS, "rwalk_alpha": 0.5}, rwalk_epsilon=0.5)
+    rw = make("rwalk", alpha=0.5, epsilon=0.5)
     rw.before_task(ctx(0, model))
     # step 1: g = [2, 1] → F = g² = [4, 1] (first step); Δθ = [−0.5, −0.5]
     #   s = −gΔθ / (½FΔθ² + ε) = [1 / (0.5·4·0.25 + 0.5), 0.5 / (0.5·1·0.25 + 0.5)]
@@ -306,7 +348,7 @@ def test_ewc_importance_is_the_squared_cross_entropy_gradient_summed_over_tasks(
     replay0 = ListBatches([(torch.tensor([[1.0, 2.0]]), torch.tensor([0]))])  # p − e = [−0.5, 0.5]
     replay1 = ListBatches([(torch.tensor([[2.0, 0.0]]), torch.tensor([1]))])  # p − e = [0.5, −0.5]
     # balanced with uneven weights: EWC's Fisher must still be of plain cross-entropy
-    ewc = create_method("ewc", **SETTINGS)
+    ewc = make("ewc")
     c = TaskContext(task=1, model=model, device=CPU, replay=[replay0], class_weights=torch.tensor([1.0, 0.1]))
     ewc.before_task(c)
     # task 0: ∂W = [[−0.5, −1], [0.5, 1]] → squared [[0.25, 1], [0.25, 1]]; ∂b² = [0.25, 0.25]
@@ -326,7 +368,7 @@ def test_ewc_averages_squared_batch_gradients():
     model = linear([[0.0, 0.0], [0.0, 0.0]], [0.0, 0.0])
     replay0 = ListBatches([(torch.tensor([[1.0, 2.0]]), torch.tensor([0])),
                            (torch.tensor([[2.0, 0.0]]), torch.tensor([1]))])
-    ewc = create_method("ewc", **SETTINGS)
+    ewc = make("ewc")
     ewc.before_task(ctx(1, model, [replay0]))
     # mean of the two squared batch gradients above: W [[0.625, 0.5], [0.625, 0.5]], b [0.25, 0.25]
     assert ewc.importance["weight"].tolist() == [[0.625, 0.5], [0.625, 0.5]]
@@ -339,7 +381,7 @@ def test_mas_importance_is_the_mean_absolute_gradient_per_input():
     # mean of |·| per input: W [[2, 0]], b [2] (|mean| over the batch would give b = 0).
     model = linear([[1.0, 0.0]], [0.0])
     replay = ListBatches([(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.tensor([0, 0]))])
-    mas = create_method("mas", **SETTINGS)
+    mas = make("mas")
     mas.before_task(ctx(1, model, [replay]))
     assert mas.importance["weight"].tolist() == [[2.0, 0.0]]
     assert mas.importance["bias"].tolist() == [2.0]
@@ -350,7 +392,7 @@ def test_mas_uses_no_labels():
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
     results = []
     for labels in (torch.zeros(6, dtype=torch.int64), torch.tensor([2, 1, 0, 2, 1, 0])):
-        mas = create_method("mas", **SETTINGS)
+        mas = make("mas")
         mas.before_task(ctx(1, model, [ListBatches([(x, labels)])]))
         results.append(mas.importance)
     assert same(results[0], results[1])
@@ -358,8 +400,8 @@ def test_mas_uses_no_labels():
 
 
 def _scp(seed, model, replay):
-    scp = create_method("scp", **{**SETTINGS, "seed": seed, "scp_projections": 7})
-    scp.before_task(ctx(1, model, [replay]))
+    scp = make("scp", projections=7)
+    scp.before_task(ctx(1, model, [replay], seed=seed))
     return scp.importance
 
 

@@ -23,11 +23,20 @@ def declare(stage):
         name: expand_grid(path, keep=stage.axes) if stage.gathered(path) else path
         for name, path in stage.inputs().items()
     }
-    values = {key.replace(".", "__"): lqconfig.get_key(PARAMS, key) for key in stage.params}
+    # Each declared key's value is a rule param (Snakemake's params trigger compares them), per
+    # cell where the key names an axis (`lifelong.methods.{method}`); `sets` passes them on.
+    values = {
+        key.replace(".", "__").replace("{", "").replace("}", ""): (
+            lambda wildcards, key=key: lqconfig.get_key(PARAMS, fill(key, dict(wildcards.items())))
+        )
+        for key in stage.params
+    }
+    values["sets"] = lambda wildcards: stage.set_options(PARAMS, dict(wildcards.items()))
     # Wildcards go in as markers that survive quoting, then become `{wildcards.x}` once the
     # command's own braces are escaped from Snakemake's formatting.
-    command = stage.command_with_values(PARAMS, PARAMS_FILE, item="@@{}@@".format)
-    command = re.sub(r"@@(\w+)@@", r"{wildcards.\1}", command.replace("{", "{{").replace("}", "}}"))
+    command = stage.command(PARAMS_FILE, item="@@{}@@".format) + " @@@sets@@@"
+    command = command.replace("{", "{{").replace("}", "}}").replace("@@@sets@@@", "{params.sets}")
+    command = re.sub(r"@@(\w+)@@", r"{wildcards.\1}", command)
     log = f"logs/{'-'.join([stage.name, *(f'{{{a}}}' for a in stage.axes)])}.log"
     res = dict(stage.resources)
 

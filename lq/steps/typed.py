@@ -1,0 +1,32 @@
+"""From a stage's declared parameters to the library's typed configs: the one place keys are read."""
+
+from __future__ import annotations
+
+from lq.config import StageParams
+from lq.quant.config import QuantConfig
+from lq.train.settings import Runtime, Schedule
+
+
+def runtime(p: StageParams) -> Runtime:
+    return Runtime(device=p["train.device"], deterministic=p["train.deterministic"], seed=p["train.seed"],
+                   batch_size=p["train.batch_size"], eval_batch_size=p.get("train.eval_batch_size", 100),
+                   augment=p["train.augment"], hflip=p["train.hflip"], compile=p["train.compile"])
+
+
+def schedule(p: StageParams, section: str) -> Schedule:
+    return Schedule(epochs=p[f"{section}.epochs"], lr=p[f"{section}.lr"], milestones=tuple(p[f"{section}.milestones"]),
+                    gamma=p["train.lr_gamma"], momentum=p["train.momentum"], weight_decay=p["train.weight_decay"])
+
+
+def quant(p: StageParams, section: str) -> QuantConfig | None:
+    """The quantization of `section`'s bit widths with the grid cell's quantizer (None: float).
+
+    A 32-bit side keeps the default quantizer name: it is the identity whatever its name.
+    """
+    weight_bits, act_bits = p[f"{section}.weight_bits"], p[f"{section}.act_bits"]
+    if weight_bits == 32 and act_bits == 32:
+        return None
+    return QuantConfig(weight_bits=weight_bits, act_bits=act_bits,
+                       weight_quantizer=p["quant.weight_quantizer"] if weight_bits < 32 else "proxq",
+                       act_quantizer=p["quant.act_quantizer"] if act_bits < 32 else "uniform",
+                       act_range=p["model.act_range"])

@@ -1,0 +1,61 @@
+"""The lifelong task stream on disk: the split (SPEC 1) and the replay sets (SPEC 2).
+
+Each writer fills a folder atomically with the reference's `image,label` CSVs or JSON files,
+byte-identical for the same inputs and seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from lq.atomic import atomic_dir
+from lq.errors import LqError
+from lq.io import read_table, task_count, write_json, write_table
+from lq.tasks import sample_replay, select_classes, task_classes
+
+log = logging.getLogger("lq")
+
+
+def read_index(store_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The store's index (image, label, split) and class names, without loading pixels."""
+    try:
+        classes = (store_dir / "classes.txt").read_text(encoding="utf-8").splitlines()
+        index = pd.read_csv(store_dir / "index.csv", dtype={"image": str, "split": str})
+    except FileNotFoundError as exc:
+        raise LqError(f"{exc.filename}: missing; run the download stage first") from None
+    return index, classes
+
+
+def write_split(store_dir: Path, out: Path, *, num_tasks: int, diminish_rate: float, seed: int) -> list[list[int]]:
+    """Write train{t}/test{t} per task plus their unions train/test, and tasks.json."""
+    index, classes = read_index(store_dir)
+    tasks = task_classes(len(classes), num_tasks, diminish_rate, seed)
+    parts = {s: index[index["split"] == s].reset_index(drop=True) for s in ("train", "test")}
+    with atomic_dir(out) as tmp:
+        for split, table in parts.items():
+            for t, ids in enumerate(tasks):
+                write_table(tmp / f"{split}{t}.csv", select_classes(table, ids))
+            union = sorted({int(c) for ids in tasks for c in ids})
+            write_table(tmp / f"{split}.csv", select_classes(table, union))
+        write_json(tmp / "tasks.json", {
+            "classes": classes,
+            "tasks": [[int(c) for c in ids] for ids in tasks],
+            "num_tasks": num_tasks, "diminish_rate": diminish_rate, "seed": seed,
+        })
+    log.info("%d tasks of %s classes -> %s", len(tasks), [len(t) for t in tasks], out)
+    return [[int(c) for c in ids] for ids in tasks]
+
+
+def write_replay(split_dir: Path, out: Path, *, replay_rate: float, seed: int) -> list[int]:
+    """replay{t}.csv for every task: only training rows, never test ones."""
+    sizes = []
+    with atomic_dir(out) as tmp:
+        for t in range(task_count(split_dir)):
+            replay = sample_replay(read_table(split_dir / f"train{t}.csv"), replay_rate, seed, t)
+            write_table(tmp / f"replay{t}.csv", replay)
+            sizes.append(len(replay))
+    log.info("replay sets of %s images -> %s", sizes, out)
+    return sizes
