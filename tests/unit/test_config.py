@@ -128,3 +128,14 @@ def test_a_preset_cannot_set_the_grid():
     raw["presets"]["paper"]["grid"] = {"seed": [1]}
     with pytest.raises(LqError, match="cannot set `grid`"):
         lqconfig.resolve(raw)
+
+
+def test_schema_enums_are_the_registries():
+    """The schema names what the code can build: models, weight and activation quantizers."""
+    from lq.models import list_models
+    from lq.quant.config import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
+
+    schema = lqconfig.load_schema()
+    assert sorted(schema["properties"]["model"]["properties"]["arch"]["enum"]) == list_models()
+    assert sorted(schema["$defs"]["quantizer"]["enum"]) == sorted(WEIGHT_QUANTIZERS)
+    assert sorted(schema["properties"]["quant"]["properties"]["act_quantizer"]["enum"]) == sorted(ACT_QUANTIZERS)
