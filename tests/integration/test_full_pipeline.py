@@ -85,11 +85,11 @@ def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduce
 def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(reproduced, tmp_path):
     root = shutil.copytree(reproduced[0], tmp_path / "repo", symlinks=True)
     metrics_before = json.loads((root / METRICS).read_text())
-    set_param(root, "lifelong.ll_lambda.lifequant", 10.0)
+    set_param(root, "lifelong.methods.lifequant.ll_lambda", 10.0)
 
     status = json.loads(run(["dvc", "status", "--json"], root).stdout)
     assert set(status) == {"lifelong@lifequant-w4a4-proxq-0"}, status
-    assert "lifelong.ll_lambda" in json.dumps(status)
+    assert "lifelong.methods.lifequant" in json.dumps(status)
 
     output = run(["dvc", "repro"], root, timeout=LONG).stdout
     assert ran_stages(output) == ["lifelong", "evaluate", "aggregate"]
@@ -100,7 +100,7 @@ def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(reproduced, tmp_path):
     # edit plans exactly lifelong and evaluate.
     run(["snakemake", "--cores", "2", "--forceall", "all"], root, timeout=LONG)
     assert planned_jobs(root, "all") == {}
-    set_param(root, "lifelong.ll_lambda.lifequant", 1.0)
+    set_param(root, "lifelong.methods.lifequant.ll_lambda", 1.0)
     assert planned_jobs(root, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
 
     # The report of the finished run embeds the comparison table and figures with their captions.
