@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lq.lifelong import combine, quant_noise_importance, snapshot, squared_grad_importance
+from lq.lifelong import quant_noise_importance, snapshot, squared_grad_importance
 from lq.methods.base import TaskContext
 from lq.methods.quadratic import QuadraticMethod
 from lq.methods.registry import register_method
@@ -39,11 +39,14 @@ class LifeQuant(QuadraticMethod):
         if ctx.task == 0 or not ctx.replay:
             self.importance, self.anchor = {}, {}
             return
-        replay = lambda: chain.from_iterable(r.epoch(0) for r in ctx.replay)  # noqa: E731
-        importance = squared_grad_importance(ctx.model, self.loss, replay())
+        replay = chain.from_iterable(r.epoch(0) for r in ctx.replay)
         if self.noise_importance and self.noise_amplitude > 0:
+            # The noise term joins the BaLL loss before squaring, weighted 1 / (replay batches) as
+            # in the reference (lq.lifelong.quant_noise_importance).
             generator = torch.Generator(device=ctx.device).manual_seed(self.seed + ctx.task)
-            noise = quant_noise_importance(ctx.model, replay(), amplitude=self.noise_amplitude,
-                                           draws=self.noise_draws, generator=generator)
-            importance = combine(importance, noise)
+            importance = quant_noise_importance(
+                ctx.model, self.loss, replay, amplitude=self.noise_amplitude, draws=self.noise_draws,
+                weight=1.0 / sum(len(r) for r in ctx.replay), generator=generator)
+        else:
+            importance = squared_grad_importance(ctx.model, self.loss, replay)
         self.importance, self.anchor = importance, snapshot(ctx.model)
