@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
+from lq import checks
 from lq import config as lqconfig
 from lq import grid
 from lq.errors import LqError
@@ -48,6 +50,10 @@ def load_stage_params(step: str, args: argparse.Namespace) -> lqconfig.StagePara
                       + (" ".join(f"--axis {a}=VALUE" for a in stage.axes) or "no --axis")
                       + f" (got {', '.join(args.axes) or 'none'})")
     config = lqconfig.load(args.params, args.overrides, cell)
+    # The device is checked on the machine that trains: in every stage under `dvc repro` (it runs
+    # them all here, so the first stage already fails) and in each stage that uses the device.
+    if "train.device" in stage.params or os.environ.get("DVC_STAGE"):
+        checks.check_device(config["train"]["device"])
     return lqconfig.StageParams(config, stage.params, step, cell)
 
 
