@@ -6,7 +6,10 @@
 
 from snakemake.utils import min_version
 
+from lq.config import check_params_file
+
 min_version("9.0")
+check_params_file("params.yaml", WorkflowError)  # a YAML mistake is reported as file:line:column
 
 
 configfile: "params.yaml"

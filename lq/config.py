@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from lq import grid
+from lq import checks, grid
 from lq.errors import LqError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,10 +41,63 @@ def read_yaml(path: str | Path) -> dict:
     except FileNotFoundError:
         raise LqError(f"{path}: parameter file not found") from None
     except yaml.YAMLError as exc:
-        raise LqError(f"{path}: not valid YAML: {exc}") from None
+        raise LqError(yaml_error_message(path, exc)) from None
     if not isinstance(data, dict):
         raise LqError(f"{path}: expected a mapping of parameters, got {type(data).__name__}")
     return data
+
+
+def check_params_file(path: str | Path, error: type[Exception] = LqError) -> None:
+    """Read `path` once so a YAML mistake is reported as file:line:column, raised as `error`.
+
+    The Snakefile calls this (with Snakemake's WorkflowError) before Snakemake's own loader,
+    whose message names neither the line nor the column.
+    """
+    try:
+        read_yaml(path)
+    except LqError as exc:
+        raise error(str(exc)) from None
+
+
+def yaml_error_message(path: str | Path, exc: yaml.YAMLError) -> str:
+    """'file:line:column: not valid YAML: what' (1-based, where the parser stopped), as compilers say it."""
+    mark, opened = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    mark = mark or opened
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    context, problem = getattr(exc, "context", None), getattr(exc, "problem", None)
+    if context and opened is not None and opened is not mark:
+        context = f"{context} (opened at {opened.line + 1}:{opened.column + 1})"
+    what = ", ".join(filter(None, [context, problem])) or str(exc)
+    return f"{where}: not valid YAML: {what}"
+
+
+def typed_cli_values(cli_config: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
+    """Snakemake `--config` values as 'a.b' keys with YAML types: ('lifelong.epochs', 1), ...
+
+    Snakemake parses a nested `--config 'lifelong={epochs: 1}'` with YAML's BaseLoader, which
+    keeps every scalar a string ('1'); this re-reads each string the way `--set` does, so the
+    nested form works. (A dotted key, `--config lifelong.epochs=1`, never gets here: Snakemake's
+    command line refuses it before reading the workflow.)
+    """
+    pairs: list[tuple[str, Any]] = []
+    for key, value in cli_config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            pairs.extend(typed_cli_values(value, f"{name}."))
+        else:
+            pairs.append((name, _typed(value)))
+    return pairs
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def get_key(config: Mapping, key: str) -> Any:
@@ -115,12 +168,17 @@ def resolve(raw: Mapping, overrides: Iterable[tuple[str, Any]] = (), axes: Mappi
     for key, value in grid.apply(axes or {}):
         set_key(config, key, value)
     validate(config)
+    checks.check_config(config)
     return config
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     hint = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if _is_float_for_integer(error):
+        allowed = f"; allowed: {hint}" if hint else ""
+        return (f"{key} = {error.instance!r} is invalid: write a whole number without a decimal point "
+                f"({int(error.instance)}, not {error.instance!r}){allowed}")
     if error.validator == "required":
         return f"{key}: {error.message} (params.yaml must set every parameter)"
     if error.validator == "additionalProperties":
@@ -134,9 +192,27 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{key} = {value} is invalid: {error.message}{allowed}"
 
 
+def _strict_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema counts 2.0 as an integer; lq does not: the steps need an int (range(2.0) fails)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# The schema's validator with `type: integer` refusing floats such as `epochs: 2.0`.
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+
+
+def _is_float_for_integer(error: jsonschema.ValidationError) -> bool:
+    wanted = error.validator_value if error.validator == "type" else None
+    wanted = wanted if isinstance(wanted, list) else [wanted]
+    return "integer" in wanted and isinstance(error.instance, float) and error.instance.is_integer()
+
+
 def validate(config: Mapping, schema: Mapping | None = None) -> None:
     """Raise LqError listing every invalid key (all of them, not just the first)."""
-    validator = jsonschema.Draft202012Validator(schema or load_schema())
+    validator = StrictValidator(schema or load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise LqError("invalid parameters:\n  " + "\n  ".join(_describe(e) for e in errors))

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from lq.checks import split_problem
 from lq.errors import LqError
 
 
@@ -23,13 +24,11 @@ def check_split_params(num_classes: int, num_tasks: int, diminish_rate: float) -
         raise LqError(
             f"split.diminish_rate = {diminish_rate!r} is invalid: need a fraction in [0, 1){hint}"
         )
-    # With γ < 1, n_task = floor(C / (1 + γ(T − 1))) >= floor(C / T), so C >= T is exactly the
-    # condition for every task to get at least one class.
-    if num_classes < num_tasks:
-        raise LqError(
-            f"split.num_tasks = {num_tasks} is more than the {num_classes} classes of the data, "
-            f"which leaves fewer than one class per task; use at most {num_classes} tasks"
-        )
+    # Fewer classes than tasks, or tasks that do not move (step = floor(n_task·γ) = 0 makes
+    # consecutive tasks identical): refused with the γ or T that would work.
+    problem = split_problem(num_classes, num_tasks, diminish_rate)
+    if problem:
+        raise LqError(problem)
 
 
 def classes_per_task(num_classes: int, num_tasks: int, diminish_rate: float) -> int:

@@ -30,6 +30,7 @@ from types import MappingProxyType
 import numpy as np
 
 from lq.atomic import atomic_dir, atomic_path
+from lq.checks import describe_odd_entry
 from lq.data.store import ImageStore
 from lq.errors import LqError
 
@@ -407,19 +408,31 @@ def _visible(entries: list[Path]) -> list[Path]:
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda p: p.name)
 
 
+def _refuse_odd_link(path: Path) -> None:
+    """A symbolic link loop or a broken link is named as such (is_dir/is_file just say False)."""
+    odd = describe_odd_entry(path)
+    if odd:
+        raise LqError(f"{path}: is {odd}; remove it or point it at an image (or a class folder)")
+
+
 def _list_split(root: Path, split: str) -> dict[str, list[Path]]:
     """Map class name -> sorted image paths for one split, refusing empty classes."""
     split_dir = root / split
+    _refuse_odd_link(split_dir)
     if not split_dir.is_dir():
         raise LqError(f"{split_dir}: missing; expected {root}/{{train,test}}/<class_name>/<image>")
     listing: dict[str, list[Path]] = {}
     for class_dir in _visible(list(split_dir.iterdir())):
+        _refuse_odd_link(class_dir)
         if not class_dir.is_dir():
             raise LqError(f"{class_dir}: expected only class folders in {split_dir}")
         files = _visible(list(class_dir.iterdir()))
+        for entry in files:
+            _refuse_odd_link(entry)
         nested = [f for f in files if not f.is_file()]
         if nested:
-            raise LqError(f"{nested[0]}: expected image files directly in {class_dir}, found a folder")
+            kind = "a folder" if nested[0].is_dir() else "something that is neither a file nor a folder"
+            raise LqError(f"{nested[0]}: expected image files directly in {class_dir}, found {kind}")
         if not files:
             raise LqError(f"{class_dir}: class folder has no images")
         listing[class_dir.name] = files
@@ -439,16 +452,41 @@ def _check_same_classes(root: Path, train: Mapping[str, list[Path]], test: Mappi
         )
 
 
+# PIL modes of 16-bit grayscale: PNG decodes to 'I;16' (Pillow >= 10) or 'I' (older Pillow);
+# the byte-order variants come from in-memory images. Converting them to 'L' or 'RGB' clips at
+# 255 instead of scaling, so they are scaled here. (16-bit colour PNGs decode to 8-bit 'RGB' /
+# 'RGBA' already, keeping the high byte.)
+GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _gray16_to_8(path: Path, img) -> np.ndarray:
+    """16-bit grayscale to 8 bits by its high byte (v >> 8), as PIL reduces 16-bit colour PNGs."""
+    values = np.asarray(img)
+    if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+        raise LqError(
+            f"{path}: {img.mode} image with values outside 0..65535 ({values.min()}..{values.max()}); "
+            "lq reads 8-bit and 16-bit PNG or JPEG images only"
+        )
+    return (values.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def _to_array(path: Path, img) -> np.ndarray:
+    """A decoded image as uint8: 'L' and 16-bit gray stay 2-D, everything else becomes H x W x 3 RGB."""
+    if img.mode in GRAY16_MODES:
+        return _gray16_to_8(path, img)
+    if img.mode != "L":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
 def _decode(path: Path) -> np.ndarray:
-    """Fully decode one PNG/JPEG; 'L' stays 2-D, everything else becomes H x W x 3 RGB."""
+    """Fully decode one PNG/JPEG into uint8 (`_to_array`)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as img:
             img.load()
-            if img.mode != "L":
-                img = img.convert("RGB")
-            return np.asarray(img, dtype=np.uint8)
+            return _to_array(path, img)
     except UnidentifiedImageError as exc:
         raise LqError(f"{path}: not a PNG or JPEG image") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

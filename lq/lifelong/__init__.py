@@ -8,6 +8,7 @@ from lq.lifelong.importance import (
     combine,
     noise_amplitude,
     quant_noise_importance,
+    quant_noise_term,
     squared_grad_importance,
     uniform_noise,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "noise_amplitude",
     "quadratic_penalty",
     "quant_noise_importance",
+    "quant_noise_term",
     "snapshot",
     "squared_grad_importance",
     "uniform_noise",

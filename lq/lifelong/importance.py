@@ -119,39 +119,63 @@ def uniform_noise(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Uniform noise in ``[−amplitude/2, amplitude/2)``: the rounding error of a grid of step ``amplitude``.
+    """Uniform noise in ``[−amplitude, amplitude)``: the reference's ``(rand·2 − 1)·amplitude``.
 
     Drawn on the generator's device (so a seeded generator gives the same numbers wherever the
     result goes), then moved to ``device``. Pass a generator on the target device to avoid a copy.
     """
     draw_device = generator.device if generator is not None else device
     u = torch.rand(tuple(shape), generator=generator, device=draw_device, dtype=dtype or torch.float32)
-    noise = (u - 0.5) * amplitude
+    noise = (u * 2 - 1) * amplitude
     return noise if device is None else noise.to(device)
+
+
+def quant_noise_term(
+    model: nn.Module,
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    *,
+    amplitude: float,
+    draws: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The reference's quantization-noise loss on one batch (SPEC §7, MobileNetV2 reference).
+
+    ``draws`` noisy copies of the features before the classifier, ``h + ε`` with ε uniform in
+    ``[−a, a]`` (a = ``amplitude``, one quantization step r / (2^k − 1)), go through
+    ``model.head``; each is compared with the clean prediction as
+    ``−log mean_{batch, classes}(log p_noisy · log p_clean)``, and the term is the mean over the
+    draws. Both paths keep their gradient, as in the reference. Without noise it is not zero
+    (``−log mean (log p)²``): it is the reference's comparison, kept as written.
+    """
+    noise = uniform_noise((draws, *features.shape), amplitude, generator=generator,
+                          device=features.device, dtype=features.dtype)
+    noisy = F.log_softmax(model.head(features.unsqueeze(0) + noise), dim=-1)  # (draws, B, C)
+    clean = F.log_softmax(logits, dim=-1)
+    return -torch.log((noisy * clean.unsqueeze(0)).mean(dim=(1, 2))).mean()
 
 
 def quant_noise_importance(
     model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     batches: Iterable[Batch],
     *,
     amplitude: float,
     draws: int = 100,
+    weight: float = 1.0,
     generator: torch.Generator | None = None,
     params: Iterable[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Importance from simulated quantization noise on the features (the MobileNetV2 reference term).
+    """Importance with the quantization-noise term, as the reference computes it (SPEC §7).
 
-    For each batch: clean features ``h = model.forward_features(x)``; ``draws`` noisy copies
-    ``h + ε``, ε uniform in ``[−amplitude/2, amplitude/2]``, all drawn at once and passed through
-    ``model.head`` in one call. Interpretation: ``amplitude`` is one quantization step,
-    ``r / (2^k − 1)`` (see ``noise_amplitude``), and rounding to that grid errs by at most half a
-    step. (The reference draws from ``[−step, step]``, twice as wide; pass ``2 * step`` to match.)
+    ``F_i = mean over batches of (∂/∂θ_i [loss_fn(f(x), y) + weight · N(x)])²`` with N the noise
+    term of ``quant_noise_term``: the term joins the task loss *before* the gradient is squared,
+    so it moves F through the cross term with the task loss's gradient. The reference weights it
+    by 1 / (number of replay batches) (pass that as ``weight``). Squaring the term's gradient on
+    its own instead (an earlier lq version) left F unchanged to about 1e-6 relative: inert.
 
-    Loss: ``KL(p_clean ‖ p_noisy)`` summed over classes, averaged over the batch and the draws.
-    The clean distribution is not detached (the reference keeps both paths too), so the
-    gradient measures how strongly θ shapes the clean/noisy gap. With amplitude 0 the loss and
-    its gradient are 0. Labels in the batches are ignored; squared gradients are averaged over
-    batches as in ``squared_grad_importance``. Deterministic for a seeded ``generator``.
+    The model needs ``forward_features(x)`` and a ``head`` module (forward = head(features)).
+    Deterministic for a seeded ``generator``; labels feed only ``loss_fn``.
     """
     if not float(amplitude) >= 0.0:
         raise LqError(f"noise amplitude must be >= 0, got {amplitude!r}")
@@ -161,16 +185,11 @@ def quant_noise_importance(
         raise LqError("quant-noise importance needs a model with forward_features(x) and a `head` module")
     named = _select(model, params)
 
-    def batch_loss(x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
-        feats = model.forward_features(x)  # (B, D)
-        noise = uniform_noise(
-            (draws, *feats.shape), amplitude, generator=generator, device=feats.device, dtype=feats.dtype
-        )
-        # Clean and noisy go through the head in one call, so with zero noise they match exactly.
-        stacked = torch.cat([feats.unsqueeze(0), feats.unsqueeze(0) + noise], dim=0)  # (1+draws, B, D)
-        logp = F.log_softmax(model.head(stacked), dim=-1)
-        clean, noisy = logp[:1], logp[1:]
-        return (clean.exp() * (clean - noisy)).sum(-1).mean()
+    def batch_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        features = model.forward_features(x)  # (B, D)
+        logits = model.head(features)
+        term = quant_noise_term(model, features, logits, amplitude=amplitude, draws=draws, generator=generator)
+        return loss_fn(logits, y) + weight * term
 
     return _accumulate_squared_grads(named, batches, batch_loss, model)
 

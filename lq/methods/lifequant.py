@@ -15,7 +15,7 @@ from itertools import chain
 
 import torch
 
-from lq.lifelong import combine, noise_amplitude, quant_noise_importance, snapshot, squared_grad_importance
+from lq.lifelong import noise_amplitude, quant_noise_importance, snapshot, squared_grad_importance
 from lq.methods.base import TaskContext
 from lq.methods.quadratic import QuadraticMethod
 from lq.methods.registry import register_method
@@ -35,12 +35,15 @@ class LifeQuant(QuadraticMethod):
         if ctx.task == 0 or not ctx.replay:
             self.importance, self.anchor = {}, {}
             return
-        replay = lambda: chain.from_iterable(r.epoch(0) for r in ctx.replay)  # noqa: E731
-        importance = squared_grad_importance(ctx.model, self.criterion, replay())
+        replay = chain.from_iterable(r.epoch(0) for r in ctx.replay)
         amplitude = noise_amplitude(ctx.settings["act_range"], ctx.settings["act_bits"]) if self.noise_importance else 0.0
         if amplitude > 0:
+            # The noise term joins the BaLL loss before squaring, weighted 1 / (replay batches) as
+            # in the reference (lq.lifelong.quant_noise_importance).
             generator = torch.Generator(device=ctx.device).manual_seed(ctx.settings["seed"] + ctx.task)
-            noise = quant_noise_importance(ctx.model, replay(), amplitude=amplitude,
-                                           draws=self.noise_draws, generator=generator)
-            importance = combine(importance, noise)
+            importance = quant_noise_importance(
+                ctx.model, self.criterion, replay, amplitude=amplitude, draws=self.noise_draws,
+                weight=1.0 / sum(len(r) for r in ctx.replay), generator=generator)
+        else:
+            importance = squared_grad_importance(ctx.model, self.criterion, replay)
         self.importance, self.anchor = importance, snapshot(ctx.model)

@@ -1,7 +1,8 @@
 """Fake-quantization as pure functions: tensor in, tensor on a k-bit grid out.
 
 Every function takes the bit width as data. 32 bits returns the input itself (no copy); 1 bit is
-a sign for weights ({-1, +1}, 0 -> +1) and {0, 1} for activations; 2..8 bits are k-bit grids;
+a sign for weights ({-1, +1}, 0 -> +1) and, for activations, the sign of the clamped input
+(sign(clamp(x, 0, 1)) in {0, 1}: 1 where x > 0, as the reference); 2..8 bits are k-bit grids;
 any other width raises `LqError`. Rounding uses the straight-through estimator (`ste.py`), so
 gradients pass through the grid and are zero only where a value is clamped.
 
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from lq.errors import LqError
-from lq.quant.ste import grad_scale, round_ste, sign_ste, unit_grid_ste
+from lq.quant.ste import grad_scale, round_ste, sign_ste, unit_grid_ste, unit_sign_ste
 
 FULL_PRECISION = 32
 SUPPORTED_BITS = (*range(1, 9), FULL_PRECISION)
@@ -40,9 +41,15 @@ def check_bits(bits: int, field: str = "bits") -> int:
 
 
 def quantize_unsigned(x: Tensor, bits: int) -> Tensor:
-    """round(clamp(x, 0, 1) (2^k - 1)) / (2^k - 1): the activation quantizer of the SPEC."""
+    """round(clamp(x, 0, 1) (2^k - 1)) / (2^k - 1): the activation quantizer of the SPEC.
+
+    1 bit is the sign of the clamped input (SPEC 4, the reference's `sign(clamp(x, 0, 1))`):
+    {0, 1} with the threshold at 0, where rounding would put it at 0.5.
+    """
     if check_bits(bits) == FULL_PRECISION:
         return x
+    if bits == 1:
+        return unit_sign_ste(x)
     return unit_grid_ste(x, 2**bits - 1)
 
 

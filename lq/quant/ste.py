@@ -51,6 +51,29 @@ class _UnitGridSTE(torch.autograd.Function):
         return grad * inside, None
 
 
+class _UnitSignSTE(torch.autograd.Function):
+    """sign(clamp(x, 0, 1)): 1 where x > 0, else 0; backward passes the gradient where 0 <= x <= 1.
+
+    The 1-bit activation of the SPEC and the reference (`sign` of the clamped input): the
+    threshold is 0, not the 0.5 that rounding on a one-step grid would give.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward((x >= 0) & (x <= 1))
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (inside,) = ctx.saved_tensors
+        return grad * inside
+
+
+def unit_sign_ste(x: Tensor) -> Tensor:
+    """{0, 1}: 1 where x > 0 (the sign of clamp(x, 0, 1)), with the clamped straight-through gradient."""
+    return _UnitSignSTE.apply(x)
+
+
 def unit_grid_ste(x: Tensor, levels: int) -> Tensor:
     """round(clamp(x, 0, 1)·levels)/levels with the clamped straight-through gradient."""
     return _UnitGridSTE.apply(x, levels)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lq import checks
 from lq import config as lqconfig
 from lq import grid
 from lq.errors import LqError
@@ -58,6 +60,10 @@ def load_stage_params(stage: Stage, args: argparse.Namespace) -> lqconfig.StageP
                       + (" ".join(f"--axis {a}=VALUE" for a in stage.axes) or "no --axis")
                       + f" (got {', '.join(args.axes) or 'none'})")
     config = lqconfig.load(args.params, args.overrides, cell)
+    # The device is checked on the machine that trains: in every stage under `dvc repro` (it runs
+    # them all here, so the first stage already fails) and in each stage that uses the device.
+    if "train.device" in stage.params or os.environ.get("DVC_STAGE"):
+        checks.check_device(config["train"]["device"])
     return lqconfig.StageParams(config, stage.declared_params(cell), stage.name, cell)
 
 

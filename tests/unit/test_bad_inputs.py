@@ -85,7 +85,8 @@ def test_unknown_key_is_named():
 def test_params_file_that_is_not_yaml(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("split: [unclosed\n")
-    with pytest.raises(LqError, match=f"{bad}: not valid YAML"):
+    # file:line:column of where the parser stopped, and where the list was opened
+    with pytest.raises(LqError, match=re.escape(f"{bad}:2:1: not valid YAML") + r".*opened at 1:8"):
         lqconfig.load(bad)
 
 

@@ -383,9 +383,9 @@ def test_uniform_noise_range_and_seed():
     n2 = uniform_noise((50, 4, 8), a, generator=torch.Generator().manual_seed(0), device="cpu")
     assert n1.shape == (50, 4, 8)
     assert torch.equal(n1, n2)
-    assert float(n1.min()) >= -a / 2 and float(n1.max()) <= a / 2
-    # Width of the interval is the amplitude: with 1600 draws, the span nearly fills it.
-    assert float(n1.max() - n1.min()) > 0.9 * a
+    # The reference's (rand * 2 - 1) * a: uniform in [-a, a]; with 1600 draws the span nearly fills it.
+    assert float(n1.min()) >= -a and float(n1.max()) <= a
+    assert float(n1.max() - n1.min()) > 0.9 * 2 * a
 
 
 def noise_batches():
@@ -395,12 +395,10 @@ def noise_batches():
 
 def test_quant_noise_importance_deterministic():
     model = small_classifier(seed=2)
-    r1 = quant_noise_importance(model, noise_batches(), amplitude=0.5, draws=20,
-                                generator=torch.Generator().manual_seed(3))
-    r2 = quant_noise_importance(model, noise_batches(), amplitude=0.5, draws=20,
-                                generator=torch.Generator().manual_seed(3))
-    r3 = quant_noise_importance(model, noise_batches(), amplitude=0.5, draws=20,
-                                generator=torch.Generator().manual_seed(4))
+    run = lambda seed: quant_noise_importance(  # noqa: E731
+        model, F.cross_entropy, noise_batches(), amplitude=0.5, draws=20, weight=0.5,
+        generator=torch.Generator().manual_seed(seed))
+    r1, r2, r3 = run(3), run(3), run(4)
     assert set(r1) == {n for n, _ in model.named_parameters()}
     for n in r1:
         assert torch.equal(r1[n], r2[n])
@@ -409,30 +407,31 @@ def test_quant_noise_importance_deterministic():
     assert float(r1["body.0.weight"].sum()) > 0  # the gradient reaches the feature extractor
 
 
-def test_quant_noise_importance_zero_amplitude():
-    # No noise: noisy == clean, KL = 0 and its gradient is 0 everywhere.
+def test_quant_noise_importance_weight_zero_is_the_plain_importance():
+    # weight 0 removes the term: F is the squared gradient of the task loss alone.
     model = small_classifier(seed=2)
-    imp = quant_noise_importance(model, noise_batches(), amplitude=0.0, draws=5,
-                                 generator=torch.Generator().manual_seed(0))
-    for v in imp.values():
-        assert torch.allclose(v, torch.zeros_like(v), atol=1e-12)
+    plain = squared_grad_importance(model, F.cross_entropy, noise_batches())
+    noisy = quant_noise_importance(model, F.cross_entropy, noise_batches(), amplitude=0.5, draws=4, weight=0.0,
+                                   generator=torch.Generator().manual_seed(0))
+    for n in plain:
+        assert torch.allclose(plain[n], noisy[n], rtol=1e-6, atol=1e-12)
 
 
 def test_quant_noise_importance_restores_state_and_validates():
     model = small_classifier(seed=2)
     model.train()
     bn_mean = model.body[1].running_mean.clone()
-    quant_noise_importance(model, noise_batches(), amplitude=0.2, draws=4,
+    quant_noise_importance(model, F.cross_entropy, noise_batches(), amplitude=0.2, draws=4,
                            generator=torch.Generator().manual_seed(0))
     assert model.training and model.body[3].training
     assert torch.equal(model.body[1].running_mean, bn_mean)
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(LqError):
-        quant_noise_importance(model, noise_batches(), amplitude=-1.0)
+        quant_noise_importance(model, F.cross_entropy, noise_batches(), amplitude=-1.0)
     with pytest.raises(LqError):
-        quant_noise_importance(model, noise_batches(), amplitude=0.1, draws=0)
+        quant_noise_importance(model, F.cross_entropy, noise_batches(), amplitude=0.1, draws=0)
     with pytest.raises(LqError):
-        quant_noise_importance(model, [], amplitude=0.1)
+        quant_noise_importance(model, F.cross_entropy, [], amplitude=0.1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -440,9 +439,9 @@ def test_cuda_paths():
     model = small_classifier(seed=2).cuda()
     batches = [(x.cuda(), y.cuda()) for x, y in noise_batches()]
     imp = squared_grad_importance(model, F.cross_entropy, batches)
-    qn = quant_noise_importance(model, batches, amplitude=0.3, draws=8,
+    qn = quant_noise_importance(model, F.cross_entropy, batches, amplitude=0.3, draws=8,
                                 generator=torch.Generator(device="cuda").manual_seed(0))
-    qn_cpu_gen = quant_noise_importance(model, batches, amplitude=0.3, draws=8,
+    qn_cpu_gen = quant_noise_importance(model, F.cross_entropy, batches, amplitude=0.3, draws=8,
                                         generator=torch.Generator().manual_seed(0))
     both = combine(imp, qn, qn_cpu_gen)
     assert all(v.is_cuda for v in both.values())

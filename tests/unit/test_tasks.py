@@ -40,7 +40,7 @@ def test_class_order_depends_on_seed():
     assert class_order(100, 123).tolist() != class_order(100, 124).tolist()
 
 
-@pytest.mark.parametrize("C,T,gamma", [(100, 3, 0.25), (10, 3, 0.5), (10, 1, 0.0), (7, 7, 0.0), (100, 5, 0.1), (20, 4, 0.9)])
+@pytest.mark.parametrize("C,T,gamma", [(100, 3, 0.25), (10, 3, 0.5), (10, 1, 0.0), (7, 3, 0.5), (100, 5, 0.1), (20, 4, 0.9)])
 def test_split_properties(C, T, gamma):
     tasks = task_classes(C, T, gamma, seed=123)
     n_task = math.floor(C / (1 + gamma * (T - 1)))
@@ -72,6 +72,7 @@ def test_paper_split_sizes():
         (100, 0, 0.25, "num_tasks"),
         (5, 6, 0.0, "more than the 5 classes"),
         (3, 4, 0.9, "fewer than one class per task"),
+        (7, 7, 0.0, "every task is the same"),  # γ = 0 replaces no class: tasks that do not move
     ],
 )
 def test_invalid_split_parameters(C, T, gamma, match):

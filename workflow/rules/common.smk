@@ -5,12 +5,16 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from lq import checks
 from lq import config as lqconfig
 from lq import grid
 from lq.errors import LqError
 from lq.pipeline import fill, load_table, placeholders
 
 try:
+    # `--config 'lifelong={epochs: 1}'` arrives as strings ('1'): read them as YAML, as --set does.
+    for key, value in lqconfig.typed_cli_values(workflow.config_settings.config):
+        lqconfig.set_key(config, key, value)
     PARAMS = lqconfig.resolve(config)
     lqconfig.validate_all_presets(config)
 except LqError as exc:
@@ -34,3 +38,14 @@ def expand_grid(pattern, keep=()):
 CONSUMED = {path for stage in STAGES for path in stage.inputs().values()}
 # `all` asks for every cell's outputs that no other stage consumes; Snakemake pulls in the rest.
 FINAL_OUTPUTS = [path for stage in STAGES for out in stage.out_paths if out not in CONSUMED for path in expand_grid(out)]
+
+
+onstart:
+    # train.device = cuda on a machine without CUDA fails here, before the first job. Only when
+    # this machine runs the jobs (a cluster's submit host may have no GPU while its nodes do),
+    # and not for --touch, which runs nothing.
+    if workflow.local_exec and not workflow.touch:
+        try:
+            checks.check_device(PARAMS["train"]["device"])
+        except LqError as exc:
+            raise WorkflowError(str(exc)) from None
