@@ -133,14 +133,14 @@ def test_lifequant_uses_the_term_when_switched_on():
 
     batches = replay_batches()
     replay = [Replay(batches[:2]), Replay(batches[2:])]
-    settings = dict(ll_lambda=1.0, balanced=True, ball_form="additive", noise_draws=10, seed=0,
-                    noise_amplitude=noise_amplitude(2.0, 4))
+    settings = dict(ll_lambda=1.0, balanced=True, ball_form="additive", noise_draws=10)
     results = {}
     for on in (False, True):
         model = small_model()
-        method = create_method("lifequant", **settings, noise_importance=on)
+        method = create_method("lifequant", {**settings, "noise_importance": on})
         method.before_task(TaskContext(task=1, model=model, device=torch.device("cpu"), replay=replay,
-                                       class_weights=WEIGHTS))
+                                       class_weights=WEIGHTS,
+                                       settings={"seed": 0, "act_range": 2.0, "act_bits": 4}))
         results[on] = method.importance
     model = small_model()
     assert total(results[False]) == total(squared_grad_importance(model, ball, batches))

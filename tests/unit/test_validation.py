@@ -119,14 +119,14 @@ def _store(folder: Path, classes: int) -> Path:
 def test_split_step_refuses_a_folder_source_that_does_not_move(tmp_path, capsys):
     """A folder's class count is known only once ingested: the split step refuses, writing nothing."""
     store, out = _store(tmp_path / "store", 4), tmp_path / "split"
-    code = split_step.main(["--store", str(store), "--out", str(out), "--params", str(REPO_ROOT / "params.yaml"),
+    code = split_step.main(["--store", str(store), "--split", str(out), "--params", str(REPO_ROOT / "params.yaml"),
                             "--set", "data.source=folder", "--set", f"data.root={tmp_path / 'absent'}",
                             "--set", "split.num_tasks=4"])
     err = capsys.readouterr().err
     # C = 4, T = 4, γ = 0.5: n_task = floor(4 / 2.5) = 1, step = 0; T = 3: floor(4 / 2) = 2, step 1
     assert code == 2 and "gives tasks that do not move on 4 classes" in err and "at most 3 tasks" in err, err
     assert not out.exists()
-    assert split_step.main(["--store", str(store), "--out", str(out), "--params", str(REPO_ROOT / "params.yaml"),
+    assert split_step.main(["--store", str(store), "--split", str(out), "--params", str(REPO_ROOT / "params.yaml"),
                             "--set", "data.source=folder", "--set", f"data.root={tmp_path / 'absent'}",
                             "--set", "split.num_tasks=3"]) == 0
 
@@ -151,8 +151,8 @@ def test_folder_source_is_peeked_at_validation(tmp_path):
 
 FLOATS = [("pretrain.epochs", 2.0), ("train.batch_size", 32.0), ("seed", 123.0), ("grid.seed", [1.0]),
           ("qat8.weight_bits", 8.0), ("lifelong.milestones", [7.0]), ("split.num_tasks", 3.0),
-          ("train.eval_batch_size", 100.0), ("train.nproc", 1.0), ("lifelong.noise_draws", 100.0),
-          ("lifelong.scp_projections", 100.0), ("lifelong.epochs", 10.0)]
+          ("train.eval_batch_size", 100.0), ("train.nproc", 1.0), ("lifelong.methods.lifequant.noise_draws", 100.0),
+          ("lifelong.methods.scp.projections", 100.0), ("lifelong.epochs", 10.0)]
 
 
 @pytest.mark.parametrize("key,value", FLOATS, ids=[k for k, _ in FLOATS])
@@ -205,17 +205,18 @@ def test_steps_check_the_device_where_it_is_used(no_cuda, monkeypatch, tmp_path)
     """A training stage checks before anything else; a data stage only under DVC (its first stage)."""
     from argparse import Namespace
 
+    from lq.pipeline import stage_by_name
     from lq.steps import load_stage_params
 
     monkeypatch.delenv("DVC_STAGE", raising=False)
     args = Namespace(params=str(REPO_ROOT / "params.yaml"), overrides=["train.device=cuda"], axes=["seed=0"])
     with pytest.raises(LqError, match="no CUDA device"):
-        load_stage_params("pretrain", args)
+        load_stage_params(stage_by_name("pretrain"), args)
     args = Namespace(params=str(REPO_ROOT / "params.yaml"), overrides=["train.device=cuda"], axes=[])
-    load_stage_params("download", args)  # on a cluster, data stages may run on a node without a GPU
+    load_stage_params(stage_by_name("download"), args)  # on a cluster, data stages may run on a node without a GPU
     monkeypatch.setenv("DVC_STAGE", "download")
     with pytest.raises(LqError, match="no CUDA device"):
-        load_stage_params("download", args)
+        load_stage_params(stage_by_name("download"), args)
 
 
 def test_folder_images_too_small_for_the_model_are_refused(tmp_path):
