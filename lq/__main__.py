@@ -5,13 +5,43 @@ from __future__ import annotations
 import importlib
 import sys
 
+from lq import __version__
+from lq.pipeline import load_table
 from lq.steps import STEPS
+
+
+def usage() -> str:
+    """The steps with what each computes (the stage table's `doc`), and the common options."""
+    docs = {stage.name: stage.doc for stage in load_table()[1]}
+    width = max(map(len, STEPS))
+    lines = [
+        "usage: python -m lq <step> [options]    (python -m lq <step> --help: the step's options)",
+        "       python -m lq --version",
+        "",
+        "Run one stage of the lq pipeline (Snakemake and DVC run these commands; see README.md).",
+        "",
+        "steps:",
+        *(f"  {step:<{width}}  {docs.get(step, '')}" for step in STEPS),
+        "",
+        "Every step reads params.yaml (--params FILE), takes --set KEY=VALUE overrides, and a step",
+        "that runs per grid cell its cell as --axis NAME=VALUE. Other tools: python -m lq.pipeline",
+        "(write/check dvc.yaml), python -m lq.provenance (check/commit what DVC records),",
+        "python -m lq.offline_plots (dvc plots show without network).",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"lq {__version__}")
+        return 0
     if not argv or argv[0] not in STEPS:
-        print(f"usage: python -m lq <step> [options]\nsteps: {', '.join(STEPS)}", file=sys.stderr)
+        problem = f"unknown step '{argv[0]}'" if argv else "no step given"
+        print(f"{usage()}\n\npython -m lq: error: {problem}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"lq.steps.{argv[0]}")
     return module.main(argv[1:])

@@ -25,9 +25,14 @@ RESUME_ROOT = Path(".lq-resume")
 
 
 def save(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write atomically: a kill mid-save leaves the previous file (or none), never half of one."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(payload), tmp)
+    """Write atomically: a kill mid-save leaves the previous file (or none), never half of one.
+
+    `torch.save` is given an open file, not a file name: given a name, it names the zip archive's
+    records after the file (here a random temporary), so identical payloads would give different
+    bytes; given a file object it always uses 'archive', and identical runs give identical bytes.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(dict(payload), fh)
 
 
 def load(path: Path, expect: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu",
