@@ -18,14 +18,17 @@ from torch import nn
 
 from lq.methods import Method
 from lq.models import create_model
+from lq.train import checkpoint, distributed
+from lq.train.data import Augment, Batches, ImageBank
+from lq.train.distributed import World
 from lq.quant.config import QuantConfig
 from lq.quant.convert import quantize_model
-from lq.train import checkpoint, distributed, spec
-from lq.train.data import Augment, Batches, ImageBank
-from lq.train.distributed import World, shard
+from lq.train import spec
 from lq.train.engine import fit
 from lq.train.settings import Schedule
 from tests.conftest import REPO, tool_env
+
+pytestmark = pytest.mark.integration
 
 # 16 images, batches of 8, 2 epochs: 4 SGD steps (momentum and a milestone included).
 SCHEDULE = Schedule(epochs=2, lr=0.05, milestones=(1,), gamma=0.5, momentum=0.9, weight_decay=5e-4)
@@ -106,8 +109,8 @@ def test_two_gloo_processes_train_like_one_process_on_the_combined_batch(tmp_pat
     Its steps are frozen after that: LSQ scales a step's gradient by 1/sqrt(numel of the input),
     which under DDP is the rank's slice, so a trained activation step legitimately differs.
     Also checked: each rank forwarded half the samples (plus one whole batch for the LSQ
-    initialisation), the epoch curve is summed over ranks, and the ranks end identical. (That the
-    main rank alone writes the unwrapped state dict is checked end to end below.)
+    initialisation), the epoch curve is summed over ranks, the ranks end identical, and the
+    resume checkpoint (main rank only) holds the unwrapped state dict.
     """
     (tmp_path / "worker.py").write_text(WORKER)
     env = {**tool_env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -146,49 +149,6 @@ def test_two_gloo_processes_train_like_one_process_on_the_combined_batch(tmp_pat
     assert distributed.sync_batchnorm_supported(torch.device("cuda", 0))
 
 
-def test_shard_gives_equal_contiguous_slices_that_make_up_the_batch() -> None:
-    x, y = torch.arange(24.0).reshape(12, 2), torch.arange(12)
-    parts = [shard(x, y, World(rank=r, world_size=3, local_rank=r)) for r in range(3)]
-    assert [len(py) for _, py in parts] == [4, 4, 4]
-    assert torch.equal(torch.cat([px for px, _ in parts]), x) and torch.equal(torch.cat([py for _, py in parts]), y)
-    assert torch.equal(parts[1][1], torch.tensor([4, 5, 6, 7]))
-    # uneven: the first slices take one more; one process keeps the whole batch
-    assert [len(shard(x[:7], y[:7], World(r, 3, r))[1]) for r in range(3)] == [3, 2, 2]
-    assert shard(x, y, World.single())[0] is x and shard(x, y, None)[1] is y
-
-
-def test_world_and_wrap_for_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    world, device = distributed.init_world(torch.device("cpu"))
-    assert world == World.single() and world.is_main and device == torch.device("cpu")
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert distributed.init_world(torch.device("cpu"))[0] == World.single()
-    model = nn.Linear(2, 2)
-    assert distributed.wrap(model, world) is model
-    assert not World(rank=1, world_size=2, local_rank=1).is_main
-    assert distributed.all_reduce_sum(torch.tensor(3.0), world) == 3.0
-
-
-def test_relaunch_under_torchrun_decides_when_to_launch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    calls = []
-
-    def fake_run(command, check):
-        calls.append(command)
-        return subprocess.CompletedProcess(command, 7)
-
-    monkeypatch.setattr(distributed.subprocess, "run", fake_run)
-    assert distributed.relaunch_under_torchrun("pretrain", ["--store", "s"], nproc=1) is None
-    assert calls == []
-    assert distributed.relaunch_under_torchrun("pretrain", ["--store", "s"], nproc=2) == 7
-    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                      "-m", "lq", "pretrain", "--store", "s"]]
-    monkeypatch.setenv("WORLD_SIZE", "2")  # already one of torchrun's workers: run here
-    assert distributed.relaunch_under_torchrun("pretrain", [], nproc=2) is None
-    assert len(calls) == 1
-
-
-@pytest.mark.integration
 def test_train_nproc_runs_a_stage_on_two_processes_end_to_end(project: Path) -> None:
     """`train.nproc: 2` makes the real pretrain step relaunch itself under torchrun (gloo on CPU)."""
     from tests.conftest import run, set_param
