@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (CELL, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, REPO, copy_project, new_project,
+from tests.conftest import (CELL, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, new_project,
                             planned_jobs, run, set_param)
 
 STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate"]
