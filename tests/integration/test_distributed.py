@@ -48,6 +48,7 @@ world, device = init_world(torch.device("cpu"))
 assert world.world_size == 2, world
 for variant in VARIANTS:
     model, history, samples = train(variant, world, out / variant / "resume")
+    (out / variant).mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "history": history, "samples": samples,
                 "classes": sorted({type(m).__name__ for m in model.modules()})},
                out / variant / f"rank{world.rank}.pt")
