@@ -24,9 +24,8 @@ def usage() -> str:
         *(f"  {step:<{width}}  {docs.get(step, '')}" for step in STEPS),
         "",
         "Every step reads params.yaml (--params FILE), takes --set KEY=VALUE overrides, and a step",
-        "that runs per grid cell its cell as --axis NAME=VALUE. Other tools: python -m lq.pipeline",
-        "(write/check dvc.yaml), python -m lq.provenance (check/commit what DVC records),",
-        "python -m lq.offline_plots (dvc plots show without network).",
+        "that runs per grid cell its cell as --axis NAME=VALUE. Also: python -m lq.pipeline write|check",
+        "(regenerate dvc.yaml from workflow/stages.yaml, or check it is current).",
     ]
     return "\n".join(lines)
 
