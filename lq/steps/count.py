@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lq.atomic import atomic_dir
+from lq.manifest import output_dir
 from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import read_json, read_table, write_json
 from lq.tasks import ball_weights, class_counts, training_pool
@@ -18,7 +18,7 @@ def write_counts(split_dir: Path, replay_dir: Path, out: Path) -> None:
     tasks = read_json(split_dir / "tasks.json")
     num_classes, num_tasks = len(tasks["classes"]), len(tasks["tasks"])
     replays = [read_table(replay_dir / f"replay{t}.csv", num_classes) for t in range(num_tasks)]
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "count") as tmp:
         for t in range(num_tasks):
             pool = training_pool(read_table(split_dir / f"train{t}.csv", num_classes), replays[:t])
             counts = class_counts(pool["label"])

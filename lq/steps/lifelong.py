@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lq.atomic import atomic_dir
 from lq.lifelong.importance import noise_amplitude
+from lq.manifest import output_dir
 from lq.methods import TaskContext, create_method
 from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import read_json, task_count
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
             barrier(job.world)
 
         if job.world.is_main:
-            with atomic_dir(args.out) as tmp:
+            with output_dir(args.out, "lifelong", p.cell) as tmp:
                 for t in range(num_tasks):
                     shutil.copyfile(job.resume.file(f"task{t}.pt"), tmp / f"task{t}.pt")
         barrier(job.world)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lq.atomic import atomic_dir
+from lq.manifest import output_dir
 from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import read_table, task_count, write_table
 from lq.tasks import sample_replay
@@ -16,7 +16,7 @@ log = logging.getLogger("lq")
 def write_replay(split_dir: Path, out: Path, *, replay_rate: float, seed: int) -> list[int]:
     """replay{t}.csv for every task: only training rows, never test ones."""
     sizes = []
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "replay") as tmp:
         for t in range(task_count(split_dir)):
             replay = sample_replay(read_table(split_dir / f"train{t}.csv"), replay_rate, seed, t)
             write_table(tmp / f"replay{t}.csv", replay)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lq.atomic import atomic_dir
 from lq.errors import LqError
+from lq.manifest import output_dir, verify_files
 from lq.steps import load_stage_params, parser_for, run
 from lq.steps.io import write_json, write_table
 from lq.tasks import select_classes, task_classes
@@ -18,6 +18,7 @@ log = logging.getLogger("lq")
 
 def read_index(store_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """The store's index (image, label, split) and class names, without loading pixels."""
+    verify_files(store_dir / "classes.txt", store_dir / "index.csv")
     try:
         classes = (store_dir / "classes.txt").read_text(encoding="utf-8").splitlines()
         index = pd.read_csv(store_dir / "index.csv", dtype={"image": str, "split": str})
@@ -31,7 +32,7 @@ def write_split(index: pd.DataFrame, classes: list[str], out: Path, *, num_tasks
     """Write train{t}/test{t} per task plus their unions train/test, and tasks.json."""
     tasks = task_classes(len(classes), num_tasks, diminish_rate, seed)
     parts = {s: index[index["split"] == s].reset_index(drop=True) for s in ("train", "test")}
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "split") as tmp:
         for split, table in parts.items():
             for t, ids in enumerate(tasks):
                 write_table(tmp / f"{split}{t}.csv", select_classes(table, ids))

@@ -20,6 +20,7 @@ import torch
 
 from lq.atomic import atomic_path
 from lq.errors import LqError
+from lq.manifest import verify_file
 
 RESUME_ROOT = Path(".lq-resume")
 
@@ -32,6 +33,7 @@ def save(path: Path, payload: Mapping[str, Any]) -> None:
 
 def load(path: Path, expect: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu") -> dict:
     """Load with `weights_only=True` and check its config against `expect` (key by key)."""
+    verify_file(path)  # a checkpoint in a stage's output folder (lq.manifest)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

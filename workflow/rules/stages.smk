@@ -3,6 +3,7 @@
 # Each row is declared by calling `declare` once per stage. The body reads the function's own
 # `stage`; a bare `for` loop around the rule would bind every command to the last stage.
 # A stage's grid axes are wildcards; a dependency over other axes is expanded over the grid.
+# A directory output is declared as the files inside it (DIR_FILES), so Snakemake sees each one.
 
 REPORT_ROOT = Path(workflow.basedir)
 
@@ -16,13 +17,10 @@ def report_output(stage, name, path):
 
 def declare(stage):
     outputs = {
-        name: report_output(stage, name, directory(path) if is_dir else path)
+        name: DIR_FILES[path] if is_dir else report_output(stage, name, path)
         for name, (path, is_dir) in stage.outputs().items()
     }
-    inputs = {
-        name: expand_grid(path, keep=stage.axes) if stage.gathered(path) else path
-        for name, path in stage.inputs().items()
-    }
+    inputs = {name: input_files(stage, path) for name, path in stage.inputs().items()}
     values = {key.replace(".", "__"): lqconfig.get_key(PARAMS, key) for key in stage.params}
     # Wildcards go in as markers that survive quoting, then become `{wildcards.x}` once the
     # command's own braces are escaped from Snakemake's formatting.
