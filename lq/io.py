@@ -11,6 +11,7 @@ import pandas as pd
 
 from lq.atomic import write_text
 from lq.errors import LqError
+from lq.manifest import verify_file
 
 TABLE_COLUMNS = ["image", "label"]
 
@@ -24,6 +25,7 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
 
 def read_table(path: Path, num_classes: int | None = None) -> pd.DataFrame:
     """Read an `image,label` CSV, checking its columns and labels."""
+    verify_file(path)  # against the manifest of a stage's output folder (lq.manifest)
     try:
         table = pd.read_csv(path, dtype={"image": str})
     except FileNotFoundError:
@@ -52,6 +54,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
+    verify_file(path)
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

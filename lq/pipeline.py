@@ -29,6 +29,7 @@ from lq import config as lqconfig
 from lq import grid
 from lq.atomic import write_text
 from lq.errors import LqError
+from lq.manifest import MANIFEST
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLE_PATH = REPO_ROOT / "workflow" / "stages.yaml"
@@ -36,8 +37,10 @@ DVC_HEADER = (
     "# GENERATED from workflow/stages.yaml by `python -m lq.pipeline write`: do not edit.\n"
     "# tests/integration/test_pipeline.py fails when this file differs from a fresh generation.\n"
 )
-FIELDS = {"doc", "axes", "deps", "outs", "params", "metrics", "plots", "report", "resources"}
 LQ_ROOT = REPO_ROOT / "lq"
+FIELDS = {"doc", "axes", "deps", "outs", "files", "params", "metrics", "plots", "report", "resources"}
+# The placeholder of a directory output's file names that runs over the tasks 0..split.num_tasks-1.
+TASK = "{task}"
 
 
 def placeholders(path: str) -> list[str]:
@@ -110,6 +113,7 @@ class Stage:
     plots: tuple[str, ...] = ()
     report: dict[str, dict[str, str]] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def code(self) -> tuple[str, ...]:
@@ -135,6 +139,15 @@ class Stage:
     def inputs(self) -> dict[str, str]:
         """Named data inputs, without the directory marker."""
         return {name: path.rstrip("/") for name, path in self.deps.items()}
+
+    def dir_files(self, name: str, num_tasks: int) -> list[str]:
+        """The files a directory output holds, its manifest included: `{task}` runs over the tasks.
+
+        Snakemake declares these files instead of the directory, so it sees a missing one; DVC
+        keeps the directory (it hashes what is inside).
+        """
+        names = [n.replace(TASK, str(t)) for n in self.files[name] for t in (range(num_tasks) if TASK in n else [0])]
+        return [*names, MANIFEST]
 
     @property
     def out_paths(self) -> list[str]:
@@ -207,7 +220,9 @@ def load_table(path: Path = TABLE_PATH) -> tuple[str, list[Stage]]:
             plots=_as_tuple(row.get("plots"), "plots", name),
             report=dict(row.get("report") or {}),
             resources=dict(row.get("resources") or {}),
+            files={out: _as_tuple(names, f"files.{out}", name) for out, names in (row.get("files") or {}).items()},
         )
+        _check_files(stage, path)
         for extra in (*stage.metrics, *stage.plots):
             if extra not in stage.outs.values():
                 raise LqError(f"{path}: stage '{name}': metric/plot '{extra}' is not one of its outs")
@@ -227,6 +242,20 @@ def _resolve(source: str, earlier: list[Stage], path: Path, stage: str) -> str:
             return candidate.outs[output]
     raise LqError(f"{path}: stage '{stage}' depends on '{source}', which is not an output of an earlier stage "
                   "(write it as <stage>.<output>)")
+
+
+def _check_files(stage: Stage, path: Path) -> None:
+    """Every directory output lists its files (plain names; `{task}` the only placeholder), and
+    only directory outputs do."""
+    dirs = {name for name, (_, is_dir) in stage.outputs().items() if is_dir}
+    if set(stage.files) != dirs:
+        raise LqError(f"{path}: stage '{stage.name}': 'files' must list the files of exactly its directory "
+                      f"outputs {sorted(dirs)}, got {sorted(stage.files)}")
+    for out, names in stage.files.items():
+        for file in names:
+            if not file or "/" in file or file == MANIFEST or any(c in file.replace(TASK, "") for c in "{}"):
+                raise LqError(f"{path}: stage '{stage.name}': file '{file}' of '{out}' must be a plain name "
+                              f"(not {MANIFEST}, which every directory output holds) with at most a {TASK} placeholder")
 
 
 def _check_graph(stages: list[Stage], path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lq.atomic import atomic_dir
 from lq.io import read_json, read_table, write_json
+from lq.manifest import output_dir
 from lq.methods import method_class
 from lq.tasks import ball_weights, class_counts
 
@@ -21,7 +21,7 @@ def write_counts(split_dir: Path, replay_dir: Path, out: Path, *, method: str, r
     num_classes, num_tasks = len(tasks["classes"]), len(tasks["tasks"])
     trains = [read_table(split_dir / f"train{t}.csv", num_classes) for t in range(num_tasks)]
     replays = [read_table(replay_dir / f"replay{t}.csv", num_classes) for t in range(num_tasks)]
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "count", {"method": method}) as tmp:
         for t in range(num_tasks):
             pool = pool_of(trains[t], replays[:t], trains[:t], replay_in_pool)
             counts = class_counts(pool["label"])

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lq.atomic import atomic_dir
 from lq.errors import LqError
 from lq.io import read_table, task_count, write_json, write_table
+from lq.manifest import output_dir, verify_files
 from lq.tasks import sample_replay, select_classes, task_classes
 
 log = logging.getLogger("lq")
@@ -21,6 +21,7 @@ log = logging.getLogger("lq")
 
 def read_index(store_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """The store's index (image, label, split) and class names, without loading pixels."""
+    verify_files(store_dir / "classes.txt", store_dir / "index.csv")
     try:
         classes = (store_dir / "classes.txt").read_text(encoding="utf-8").splitlines()
         index = pd.read_csv(store_dir / "index.csv", dtype={"image": str, "split": str})
@@ -34,7 +35,7 @@ def write_split(store_dir: Path, out: Path, *, num_tasks: int, diminish_rate: fl
     index, classes = read_index(store_dir)
     tasks = task_classes(len(classes), num_tasks, diminish_rate, seed)
     parts = {s: index[index["split"] == s].reset_index(drop=True) for s in ("train", "test")}
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "split") as tmp:
         for split, table in parts.items():
             for t, ids in enumerate(tasks):
                 write_table(tmp / f"{split}{t}.csv", select_classes(table, ids))
@@ -52,7 +53,7 @@ def write_split(store_dir: Path, out: Path, *, num_tasks: int, diminish_rate: fl
 def write_replay(split_dir: Path, out: Path, *, replay_rate: float, seed: int) -> list[int]:
     """replay{t}.csv for every task: only training rows, never test ones."""
     sizes = []
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "replay") as tmp:
         for t in range(task_count(split_dir)):
             replay = sample_replay(read_table(split_dir / f"train{t}.csv"), replay_rate, seed, t)
             write_table(tmp / f"replay{t}.csv", replay)

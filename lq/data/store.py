@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lq.atomic import atomic_dir
 from lq.errors import LqError
+from lq.manifest import output_dir, verify_files
 
 SPLITS: tuple[str, ...] = ("train", "test")
 STORE_FILES: tuple[str, ...] = ("images.npy", "labels.npy", "index.csv", "classes.txt", "meta.json")
@@ -181,10 +181,13 @@ def _index_csv(store: ImageStore) -> str:
     return buf.getvalue()
 
 
-def write_store(store: ImageStore, out_dir: str | os.PathLike) -> Path:
-    """Write `store` to `out_dir` atomically: readers see the old directory or the full new one."""
+def write_store(store: ImageStore, out_dir: str | os.PathLike, stage: str = "download") -> Path:
+    """Write `store` to `out_dir` atomically: readers see the old directory or the full new one.
+
+    The folder's MANIFEST.json (`lq.manifest`) names `stage` as its maker.
+    """
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with output_dir(out, stage) as tmp:
         (tmp / "images.npy").write_bytes(_npy_bytes(store.images))
         (tmp / "labels.npy").write_bytes(_npy_bytes(store.labels.astype(np.int64)))
         (tmp / "index.csv").write_text(_index_csv(store), encoding="utf-8", newline="\n")
@@ -250,6 +253,7 @@ def read_store(store_dir: str | os.PathLike, mmap: bool = False) -> ImageStore:
     than memory; labels and ids are always loaded.
     """
     root = Path(store_dir)
+    verify_files(*(root / name for name in STORE_FILES))  # against what the download stage wrote
     missing = [name for name in STORE_FILES if not (root / name).is_file()]
     if missing:
         raise LqError(f"{root}: not an image store, missing {', '.join(missing)}")

@@ -12,7 +12,7 @@ def main(argv: list[str]) -> int:
         recipe = lifelong.LifelongRecipe(
             p.run_name, typed.runtime(p), p["model.arch"], typed.schedule(p, "lifelong"), dict(p),
             quant=typed.quant(p, "lifelong"), method=method, method_settings=p[f"lifelong.methods.{method}"],
-            replay_in_pool=p["lifelong.replay_in_pool"], act_range=p["model.act_range"])
+            replay_in_pool=p["lifelong.replay_in_pool"], act_range=p["model.act_range"], cell=p.cell)
         lifelong.run(recipe, store=args.store, split=args.split, replay=args.replay, counts=args.counts,
                          init=args.init, out=args.models, curve=args.curve)
 

@@ -20,6 +20,7 @@ import torch
 
 from lq.atomic import atomic_path
 from lq.errors import LqError
+from lq.manifest import verify_file
 
 RESUME_ROOT = Path(".lq-resume")
 
@@ -42,6 +43,7 @@ def load(path: Path, expect: Mapping[str, Any] | None = None, map_location: str 
     `describe` turns the stored config into the flat view `expect` is written against
     (`lq.train.spec.describe`); by default the config itself.
     """
+    verify_file(path)  # a checkpoint in a stage's output folder (lq.manifest)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

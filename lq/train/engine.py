@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lq.atomic import atomic_dir
 from lq.errors import LqError
 from lq.quant.config import QuantConfig
 from lq.io import read_table
+from lq.manifest import output_dir
 from lq.train import checkpoint, spec
 from lq.train.board import Board, write_curve
 from lq.train.checkpoint import ResumeDir
@@ -233,14 +233,15 @@ class Engine:
         return {"model": unwrap(model).state_dict(), "config": self.config, "history": list(self.history), **extra}
 
     def finish(self, model: nn.Module, curve: Path, *, out: Path | None = None, task_dir: Path | None = None,
-               tasks: int = 0) -> None:
-        """Write the checkpoint (`out`) or the per-task checkpoints (`task_dir`) and the curve;
-        drop the resume state. Only the main rank writes; every rank then leaves the group."""
+               tasks: int = 0, made_by: tuple[str, Mapping[str, str]] = ("", {})) -> None:
+        """Write the checkpoint (`out`) or the per-task checkpoints (`task_dir`, whose manifest
+        names `made_by`: the stage and grid cell) and the curve; drop the resume state. Only the
+        main rank writes; every rank then leaves the group."""
         if self.world.is_main:
             if out is not None:
                 checkpoint.save(out, self.payload(model))
             if task_dir is not None:
-                with atomic_dir(task_dir) as tmp:
+                with output_dir(task_dir, *made_by) as tmp:
                     for t in range(tasks):
                         shutil.copyfile(self.resume.file(f"task{t}.pt"), tmp / f"task{t}.pt")
             write_curve(curve, self.history)

@@ -61,4 +61,4 @@ def run(recipe: LifelongRecipe, *, store: Path, split: Path, replay: Path, count
     settings = {"seed": recipe.runtime.seed, "act_range": recipe.act_range, "act_bits": recipe.quant.act_bits,
                 "bits": bits_label(recipe.quant)}
     engine.train(model, plans, [method], settings)
-    engine.finish(model, curve, task_dir=out, tasks=num_tasks)
+    engine.finish(model, curve, task_dir=out, tasks=num_tasks, made_by=("lifelong", recipe.cell))

@@ -28,6 +28,7 @@ class Recipe:
     arch: str
     schedule: Schedule
     identity: Mapping[str, Any] = field(default_factory=dict)
+    cell: Mapping[str, str] = field(default_factory=dict)  # the grid cell (names the stage's outputs)
 
     @property
     def phases(self) -> tuple[Phase, ...]:

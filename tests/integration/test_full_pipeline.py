@@ -78,7 +78,7 @@ def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduce
                 "results/summary.csv", "results/summary.md"):
         assert (root / out).exists(), out
     models = sorted(p.name for p in (root / LIFELONG).iterdir())
-    assert models == ["task0.pt", "task1.pt", "task2.pt"]
+    assert models == ["MANIFEST.json", "task0.pt", "task1.pt", "task2.pt"]
 
 
 @pytest.mark.integration

@@ -197,9 +197,8 @@ def test_w4_model_is_between_an_eighth_and_a_quarter_of_fp32(metrics):
 def test_lifelong_folder_holds_a_safe_loadable_checkpoint_per_task(default_run):
     folder = default_run / LIFELONG
     T = num_tasks(default_run)
-    # (Snakemake marks a finished directory output with .snakemake_timestamp)
-    files = sorted(p.name for p in folder.iterdir() if p.name != ".snakemake_timestamp")
-    assert files == [f"task{t}.pt" for t in range(T)]
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["MANIFEST.json", *(f"task{t}.pt" for t in range(T))]  # the manifest: lq/manifest.py
     for t in range(T):
         payload = load_ckpt(folder / f"task{t}.pt")  # weights_only: plain tensors and primitives
         config = spec.describe(payload["config"])  # the model spec and quantization config, flat

@@ -95,7 +95,7 @@ def test_unknown_source_lists_the_names() -> None:
 
 def test_store_round_trip(digits: ImageStore, tmp_path: Path) -> None:
     out = write_store(digits, tmp_path / "store")
-    assert sorted(p.name for p in out.iterdir()) == sorted(STORE_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*STORE_FILES, "MANIFEST.json"])
     assert read_store(out) == digits
     mapped = read_store(out, mmap=True)
     assert isinstance(mapped.images, np.memmap) or isinstance(mapped.images.base, np.memmap)
@@ -124,8 +124,16 @@ def test_store_writes_are_byte_identical(digits: ImageStore, tmp_path: Path) -> 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def unverified(store: Path) -> Path:
+    """A store without its manifest (as if made by hand): only read_store's own checks apply.
+    (With the manifest, any edit below is reported as a file that differs from what `download`
+    wrote: tests/unit/test_manifest.py.)"""
+    (store / "MANIFEST.json").unlink()
+    return store
+
+
 def test_store_rejects_labels_out_of_range(digits: ImageStore, tmp_path: Path) -> None:
-    out = write_store(digits, tmp_path / "store")
+    out = unverified(write_store(digits, tmp_path / "store"))
     labels = digits.labels.copy()
     labels[5] = 10
     np.save(out / "labels.npy", labels)
@@ -134,11 +142,11 @@ def test_store_rejects_labels_out_of_range(digits: ImageStore, tmp_path: Path) -
 
 
 def test_store_rejects_length_mismatch(digits: ImageStore, tmp_path: Path) -> None:
-    out = write_store(digits, tmp_path / "store")
+    out = unverified(write_store(digits, tmp_path / "store"))
     np.save(out / "labels.npy", digits.labels[:-1])
     with pytest.raises(LqError, match=r"labels.npy.*1796 labels"):
         read_store(out)
-    out = write_store(digits, tmp_path / "store2")
+    out = unverified(write_store(digits, tmp_path / "store2"))
     lines = (out / "index.csv").read_text().splitlines(keepends=True)
     (out / "index.csv").write_text("".join(lines[:-1]))
     with pytest.raises(LqError, match="index.csv"):
@@ -146,14 +154,14 @@ def test_store_rejects_length_mismatch(digits: ImageStore, tmp_path: Path) -> No
 
 
 def test_store_rejects_missing_file(digits: ImageStore, tmp_path: Path) -> None:
-    out = write_store(digits, tmp_path / "store")
+    out = unverified(write_store(digits, tmp_path / "store"))
     (out / "classes.txt").unlink()
     with pytest.raises(LqError, match="classes.txt"):
         read_store(out)
 
 
 def test_store_rejects_meta_that_does_not_match(digits: ImageStore, tmp_path: Path) -> None:
-    out = write_store(digits, tmp_path / "store")
+    out = unverified(write_store(digits, tmp_path / "store"))
     meta = (out / "meta.json").read_text().replace('"test": 360', '"test": 361')
     assert meta != (out / "meta.json").read_text()
     (out / "meta.json").write_text(meta)

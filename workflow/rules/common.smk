@@ -35,9 +35,33 @@ def expand_grid(pattern, keep=()):
     return sorted({fill(pattern, cell) for cell in grid.cells(GRID, axes)})
 
 
-CONSUMED = {path for stage in STAGES for path in stage.inputs().values()}
-# `all` asks for every cell's outputs that no other stage consumes; Snakemake pulls in the rest.
-FINAL_OUTPUTS = [path for stage in STAGES for out in stage.out_paths if out not in CONSUMED for path in expand_grid(out)]
+# Snakemake does not look inside a directory output, so it sees the files the stage table lists
+# for it (and the folder's MANIFEST.json): a missing file makes its stage rerun.
+DIR_FILES = {
+    path: [f"{path}/{name}" for name in stage.dir_files(out, PARAMS["split"]["num_tasks"])]
+    for stage in STAGES
+    for out, (path, is_dir) in stage.outputs().items()
+    if is_dir
+}
+
+
+def input_files(stage, path):
+    """A dependency as Snakemake sees it: a directory as its files, a gathered pattern expanded."""
+    files = DIR_FILES.get(path, [path])
+    if stage.gathered(path):
+        return [cell for file in files for cell in expand_grid(file, keep=stage.axes)]
+    return files if path in DIR_FILES else path
+
+
+# `all` asks for every output of every stage and grid cell (directories as their files), as
+# `dvc repro` does: a deleted checkpoint or data file is rebuilt, not skipped as an intermediate.
+FINAL_OUTPUTS = [
+    path
+    for stage in STAGES
+    for out in stage.out_paths
+    for file in DIR_FILES.get(out, [out])
+    for path in expand_grid(file)
+]
 
 
 onstart:

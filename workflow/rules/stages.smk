@@ -3,6 +3,7 @@
 # Each row is declared by calling `declare` once per stage. The body reads the function's own
 # `stage`; a bare `for` loop around the rule would bind every command to the last stage.
 # A stage's grid axes are wildcards; a dependency over other axes is expanded over the grid.
+# A directory output is declared as the files inside it (DIR_FILES), so Snakemake sees each one.
 
 REPORT_ROOT = Path(workflow.basedir)
 
@@ -16,13 +17,10 @@ def report_output(stage, name, path):
 
 def declare(stage):
     outputs = {
-        name: report_output(stage, name, directory(path) if is_dir else path)
+        name: DIR_FILES[path] if is_dir else report_output(stage, name, path)
         for name, (path, is_dir) in stage.outputs().items()
     }
-    inputs = {
-        name: expand_grid(path, keep=stage.axes) if stage.gathered(path) else path
-        for name, path in stage.inputs().items()
-    }
+    inputs = {name: input_files(stage, path) for name, path in stage.inputs().items()}
     # Each declared key's value is a rule param (Snakemake's params trigger compares them), per
     # cell where the key names an axis (`lifelong.methods.{method}`); `sets` passes them on.
     values = {

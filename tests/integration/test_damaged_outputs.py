@@ -1,0 +1,130 @@
+"""A missing or damaged file inside a stage's output folder, seen by the real tools.
+
+Snakemake declares the files inside each folder output (and `all` asks for every output), so a
+deleted checkpoint makes `snakemake -n` plan its stage; DVC hashes folders, so `dvc status` flags
+the stage. A change Snakemake cannot see (same size, mtime kept) is caught by the manifest check
+of the next stage that reads the file, whose message names the stage to rerun; the command it
+suggests is run here too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LIFELONG, METRICS, new_project, planned_jobs, run, set_param
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "train.device": "cpu", "split.num_tasks": 2,
+    "pretrain.epochs": 1, "pretrain.milestones": [1],
+    "qat8.epochs": 1, "qat8.milestones": [1],
+    "lifelong.epochs": 1, "lifelong.milestones": [1],
+}
+DVC_CELL = "lifequant-w4a4-proxq-0"
+TASK1 = f"{LIFELONG}/task1.pt"
+FOLDERS = ("data/store", "data/split", "data/replay", "data/counts", LIFELONG)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished Snakemake run, recorded by `dvc commit`: both tools see it up to date."""
+    root = new_project(tmp_path_factory.mktemp("damaged") / "repo")
+    for key, value in FAST.items():
+        set_param(root, key, value)
+    run(["git", "commit", "-qam", "fast training"], root)
+    run(["snakemake", "--cores", "1", "all"], root)
+    run(["dvc", "commit", "-f", "-q"], root)
+    run(["snakemake", "--cores", "1", "--touch", "all"], root)
+    assert planned_jobs(root, "all") == {}
+    assert "up to date" in run(["dvc", "status"], root).stdout
+    return root
+
+
+@pytest.fixture
+def project(finished, tmp_path) -> Path:
+    return shutil.copytree(finished, tmp_path / "repo", symlinks=True)
+
+
+def flip_byte(path: Path, keep_mtime: bool = False) -> None:
+    """One changed byte, same size; with `keep_mtime` not even the modification time moves."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_every_folder_output_holds_exactly_its_manifest_files(finished):
+    for folder in FOLDERS:
+        listed = json.loads((finished / folder / "MANIFEST.json").read_text())["files"]
+        present = {p.name for p in (finished / folder).iterdir()} - {"MANIFEST.json", ".snakemake_timestamp"}
+        assert set(listed) == present, folder
+    assert sorted(json.loads((finished / LIFELONG / "MANIFEST.json").read_text())["files"]) == ["task0.pt", "task1.pt"]
+
+
+def test_snakemake_reruns_lifelong_when_a_checkpoint_inside_its_folder_is_deleted(project):
+    metrics = (project / METRICS).read_bytes()
+    (project / TASK1).unlink()
+    dry = run(["snakemake", "-n", "all"], project).stdout
+    assert planned_jobs(project, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
+    assert f"Missing output files: {TASK1}" in dry
+    # The command of the issue now rebuilds the checkpoint first instead of failing.
+    run(["snakemake", "--cores", "1", "-R", "evaluate", "all"], project)
+    assert (project / TASK1).exists()
+    assert (project / METRICS).read_bytes() == metrics  # CPU: the same numbers as before
+    assert planned_jobs(project, "all") == {}
+
+
+def test_a_silently_damaged_checkpoint_stops_evaluate_with_the_lifelong_rerun_command(project):
+    metrics = (project / METRICS).read_bytes()
+    flip_byte(project / TASK1, keep_mtime=True)
+    assert planned_jobs(project, "all") == {}  # nothing for Snakemake to see: same size and time
+    proc = run(["snakemake", "--cores", "1", "-R", "evaluate", "all"], project, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"{TASK1} differs from what stage 'lifelong' wrote (sha256 " in out
+    hint = f"snakemake --cores all --forcerun {LIFELONG}/MANIFEST.json all"
+    assert f"`{hint}`" in out and f"`dvc repro -f -s lifelong@{DVC_CELL}` then `dvc repro`" in out
+    # Snakemake removes a job's outputs before running it: the old metrics are gone.
+    assert not (project / METRICS).exists()
+    # The suggested command repairs the cell (on one core, as the first run: on CPU the numbers
+    # are byte-identical only for the same thread count).
+    run(hint.replace("--cores all", "--cores 1").split(), project)
+    assert (project / METRICS).read_bytes() == metrics
+
+
+def test_a_flipped_byte_in_the_store_is_flagged_by_dvc_and_stops_the_next_reader_under_snakemake(project):
+    flip_byte(project / "data/store/images.npy")
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    assert {"changed outs": {"data/store": "modified"}} in status["download"]
+    # Snakemake sees a newer file, not a damaged one: it plans the stages that read the store.
+    assert {"split", "pretrain"} <= set(planned_jobs(project, "all"))
+    proc = run(["snakemake", "--cores", "1", "all"], project, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "data/store/images.npy differs from what stage 'download' wrote (sha256 " in out
+    assert "`snakemake --cores all --forcerun download all`" in out and "`dvc repro -f -s download` then `dvc repro`" in out
+
+
+def test_dvc_flags_a_deleted_checkpoint_and_a_forced_evaluate_names_lifelong(project):
+    metrics = (project / METRICS).read_bytes()
+    (project / TASK1).unlink()
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    assert {"changed outs": {LIFELONG: "modified"}} in status[f"lifelong@{DVC_CELL}"]
+    proc = run(["dvc", "repro", "-f", "-s", f"evaluate@{DVC_CELL}"], project, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"{TASK1} is missing: stage 'lifelong' wrote it" in out
+    assert f"`dvc repro -f -s lifelong@{DVC_CELL}` then `dvc repro`" in out
+    run(["dvc", "repro", "-f", "-s", f"lifelong@{DVC_CELL}"], project)  # the suggested commands
+    run(["dvc", "repro"], project)
+    assert (project / TASK1).exists()
+    assert (project / METRICS).read_bytes() == metrics
+    assert "up to date" in run(["dvc", "status"], project).stdout
