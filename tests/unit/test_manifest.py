@@ -20,10 +20,9 @@ from lq.data.sources import load_source
 from lq.data.store import read_store, write_store
 from lq.errors import LqError
 from lq.pipeline import load_table, stage_by_name
-from lq.steps.count import write_counts
-from lq.steps.io import read_json, read_table, task_count
-from lq.steps.replay import write_replay
-from lq.steps.split import read_index, write_split
+from lq.io import read_json, read_table, task_count
+from lq.pools import write_counts
+from lq.stream import read_index, write_replay, write_split
 from lq.train import checkpoint
 
 CELL = {"method": "lifequant", "bits": "w4a4", "quantizer": "proxq", "seed": "0"}
@@ -84,7 +83,7 @@ def test_intact_files_pass_every_reader(tmp_path, digits):
     assert read_store(store) == digits
     read_index(store)
     split = tmp_path / "split"
-    write_split(*read_index(store), split, num_tasks=3, diminish_rate=0.5, seed=123)
+    write_split(store, split, num_tasks=3, diminish_rate=0.5, seed=123)
     assert task_count(split) == 3 and len(read_table(split / "train0.csv", 10))
     out = lifelong_folder(tmp_path)
     assert checkpoint.load(out / "task1.pt")["config"] == {"task": 1}
@@ -125,7 +124,7 @@ def test_a_truncated_file_reports_its_size(tmp_path):
 def test_damaged_csv_and_json_in_the_split_name_the_split_stage(tmp_path, digits):
     store = write_store(digits, tmp_path / "store")
     split = tmp_path / "split"
-    write_split(*read_index(store), split, num_tasks=3, diminish_rate=0.5, seed=123)
+    write_split(store, split, num_tasks=3, diminish_rate=0.5, seed=123)
     flip_byte(split / "test2.csv", offset=-2)  # a digit of a label: still a valid CSV
     with pytest.raises(LqError, match="test2.csv differs from what stage 'split' wrote"):
         read_table(split / "test2.csv", 10)
@@ -189,9 +188,9 @@ def test_every_directory_output_lists_its_files_and_those_are_what_the_steps_wri
     assert written(store) == sorted(stages["download"].dir_files("store", 4))
     for num_tasks in (2, 4):
         split, replay, counts = (tmp_path / f"{n}{num_tasks}" for n in ("split", "replay", "counts"))
-        write_split(*read_index(store), split, num_tasks=num_tasks, diminish_rate=0.5, seed=1)
+        write_split(store, split, num_tasks=num_tasks, diminish_rate=0.5, seed=1)
         write_replay(split, replay, replay_rate=0.2, seed=1)
-        write_counts(split, replay, counts)
+        write_counts(split, replay, counts, method="lifequant", replay_in_pool=True)
         assert written(split) == sorted(stages["split"].dir_files("split", num_tasks))
         assert written(replay) == sorted(stages["replay"].dir_files("replay", num_tasks))
         assert written(counts) == sorted(stages["count"].dir_files("counts", num_tasks))
