@@ -28,7 +28,7 @@ FAST = {
 }
 DVC_CELL = "lifequant-w4a4-proxq-0"
 TASK1 = f"{LIFELONG}/task1.pt"
-FOLDERS = ("data/store", "data/split", "data/replay", "data/counts", LIFELONG)
+FOLDERS = ("data/store", "data/split", "data/replay", "data/counts/lifequant", LIFELONG)
 
 
 @pytest.fixture(scope="module")

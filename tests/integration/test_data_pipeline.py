@@ -11,11 +11,13 @@ from tests.conftest import planned_jobs, run, set_param, tree_bytes
 
 DATA_STAGES = ["download", "split", "replay", "count"]
 DATA_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts/lifequant"]
+# Snakemake sees the files inside a folder output: each folder's manifest stands for the folder.
+DATA_TARGETS = [f"{out}/MANIFEST.json" for out in DATA_OUTPUTS]
 pytestmark = pytest.mark.integration
 
 
 def snakemake_data(root, *extra):
-    return run(["snakemake", "--cores", "2", *extra, *DATA_OUTPUTS], root)
+    return run(["snakemake", "--cores", "2", *extra, *DATA_TARGETS], root)
 
 
 
@@ -61,7 +63,7 @@ def test_dvc_repro_then_replay_rate_edit_reruns_only_replay_and_count(project):
     # Snakemake agrees: after the same edit, it plans exactly those two rules.
     snakemake_data(project, "--forceall")
     set_param(project, "replay.replay_rate", 0.3)
-    assert planned_jobs(project, *DATA_OUTPUTS) == {"replay": 1, "count": 1}
+    assert planned_jobs(project, *DATA_TARGETS) == {"replay": 1, "count": 1}
 
 
 def test_dvc_commit_after_snakemake_matches_dvc_repro(project, tmp_path):

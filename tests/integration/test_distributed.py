@@ -154,7 +154,7 @@ def test_train_nproc_runs_a_stage_on_two_processes_end_to_end(project: Path) -> 
     """`train.nproc: 2` makes the real pretrain step relaunch itself under torchrun (gloo on CPU)."""
     from tests.conftest import run, set_param
 
-    run(["snakemake", "--cores", "1", "data/store", "data/split"], project)
+    run(["snakemake", "--cores", "1", "data/store/MANIFEST.json", "data/split/MANIFEST.json"], project)
     for key, value in {"train.nproc": 2, "train.device": "cpu", "pretrain.epochs": 1, "pretrain.milestones": [1]}.items():
         set_param(project, key, value)
     out = run(["python", "-m", "lq", "pretrain", "--store", "data/store", "--split", "data/split",

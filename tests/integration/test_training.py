@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate"]
 # Everything `lifelong` needs: with these made, a run of METRICS is lifelong + evaluate.
-UPSTREAM_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts/lifequant", QAT8]
+UPSTREAM_OUTPUTS = ["data/store/MANIFEST.json", "data/split/MANIFEST.json", "data/replay/MANIFEST.json",
+                    "data/counts/lifequant/MANIFEST.json", QAT8]
 UPSTREAM_STAGES = ["download", "split", "replay", "count", "pretrain", "qat8"]
 # Short training for the resume tests. The lifelong milestone (2) falls after the kill points, so
 # a resume that lost the scheduler state would train epoch 3 at the wrong learning rate.
