@@ -263,6 +263,7 @@ def lifelong_cmd(out: str, curve: str, epochs: int) -> list[str]:
     return ["python", "-m", "lq", "lifelong", "--store", "data/store", "--split", "data/split",
             "--replay", "data/replay", "--counts", "data/counts/lifequant", "--init", QAT8,
             "--models", out, "--curve", curve, "--params", "params.yaml", "--set", f"lifelong.epochs={epochs}",
+            "--set", f"lifelong.milestones=[{epochs}]",
             "--set", "train.device=cpu", *CELL_AXES]
 
 
