@@ -34,7 +34,7 @@ STRIDE2_STAGES = {"resnet20": 2, "resnet32": 2, "resnet56": 2, "mobilenetv2": 3}
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Raise LqError listing every cross-key problem of a schema-valid, resolved configuration."""
-    problems = [*milestone_problems(config), *source_problems(config)]
+    problems = [*milestone_problems(config), *quantizer_problems(config), *source_problems(config)]
     if problems:
         raise LqError("invalid parameters:\n  " + "\n  ".join(problems))
 
@@ -59,6 +59,50 @@ def milestone_problems(config: Mapping[str, Any]) -> list[str]:
                 f"{section}.epochs = {epochs}: the learning rate would never be decayed there; "
                 f"use milestones <= {epochs} (or [] for no decay), or raise {section}.epochs"
             )
+    return problems
+
+
+# --------------------------------------------------------------------------- quantizers
+
+# Quantizers on power-of-two levels: one bit goes to zero, so they take 2..8 bits; INQ needs a
+# quantized layer to run on (at 32 bits there is none).
+POW2_QUANTIZERS = {"pow2": range(2, 9), "inq": range(2, 9)}
+
+
+def portions_problem(portions: Any) -> str | None:
+    """INQ's accumulated portions must increase strictly within (0, 1] and end at 1."""
+    values = list(portions or [])
+    if values and values[-1] == 1 and all(0 < v <= 1 for v in values) and all(a < b for a, b in zip(values, values[1:])):
+        return None
+    return (f"quantizers.inq.portions = {values} must increase strictly within (0, 1] and end at 1, "
+            "e.g. [0.5, 0.75, 0.875, 1] (the paper's 5-bit setting)")
+
+
+def quantizer_problems(config: Mapping[str, Any]) -> list[str]:
+    """Bit widths a grid quantizer cannot take, and INQ's settings a schema cannot check."""
+    problems = []
+    grid = config.get("grid") or {}
+    for name in grid.get("quantizer") or []:
+        allowed = POW2_QUANTIZERS.get(name)
+        if allowed is None:
+            continue
+        widths = [("qat8.weight_bits", (config.get("qat8") or {}).get("weight_bits"))]
+        widths += [(f"grid.bits {b}", int(str(b)[1:].split("a")[0])) for b in grid.get("bits") or []]
+        bad = [f"{where} = {bits}" for where, bits in widths if bits is not None and bits not in allowed
+               and not (name == "pow2" and bits == 32)]
+        if bad:
+            problems.append(f"grid.quantizer {name} puts weights on power-of-two levels, which take 2 to 8 bits "
+                            f"(one for zero){'' if name == 'inq' else ' or 32'}; not {', '.join(bad)}")
+    inq = (config.get("quantizers") or {}).get("inq") or {}
+    if "portions" in inq:
+        problem = portions_problem(inq["portions"])
+        if problem:
+            problems.append(problem)
+    late = [m for m in inq.get("milestones") or [] if m > inq.get("epochs_per_phase", m)]
+    if late:
+        problems.append(f"quantizers.inq.milestones = {inq['milestones']} has milestone(s) {late} beyond "
+                        f"quantizers.inq.epochs_per_phase = {inq['epochs_per_phase']}: the learning rate would "
+                        "never be decayed there")
     return problems
 
 

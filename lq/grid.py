@@ -23,10 +23,17 @@ def _bits(value: str) -> dict[str, Any]:
     return {"lifelong.weight_bits": int(weight), "lifelong.act_bits": int(act)}
 
 
+# Axis values that are a training procedure on top of a registered weight quantizer.
+PROCEDURES = {"inq": "pow2"}  # INQ: incremental quantize-and-freeze onto power-of-two levels
+
+
 def _quantizer(value: str) -> dict[str, Any]:
     # A QAT method quantizes weights and activations its own way: LSQ learns both step sizes;
-    # ProxQ and DoReFa pair their weight quantizer with the uniform clipped activation grid.
-    return {"quant.weight_quantizer": value, "quant.act_quantizer": "lsq" if value == "lsq" else "uniform"}
+    # ProxQ, DoReFa and pow2 pair their weight quantizer with the uniform clipped activation grid.
+    # INQ reaches pow2 levels by its own procedure (lq.train.inq), not straight-through QAT.
+    return {"quant.weight_quantizer": PROCEDURES.get(value, value),
+            "quant.act_quantizer": "lsq" if value == "lsq" else "uniform",
+            "quant.procedure": "inq" if value in PROCEDURES else "qat"}
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,16 @@ class Quantizer:
     takes_range: `fn` also takes `act_range=` (ProxQ's r).
     init_step: set for learned-step quantizers: `fn` also takes `step=`, a parameter the module
         owns and initialises once as `init_step(first_input, bits)`.
+    init_exponent: set for power-of-two levels: `fn` also takes `n1=`, a buffer the module fixes
+        once as `init_exponent(first_input)`, so the level set never drifts with the weights.
+    min_bits: the fewest bits it can quantize to (32, no quantization, is always allowed).
     """
 
     fn: Callable[..., Tensor]
     takes_range: bool = False
     init_step: Callable[[Tensor, int], Tensor] | None = None
+    init_exponent: Callable[[Tensor], Tensor] | None = None
+    min_bits: int = 1  # below 32 bits; power-of-two levels spend one bit on zero
 
 
 WEIGHT_QUANTIZERS: dict[str, Quantizer] = {
@@ -37,6 +42,10 @@ WEIGHT_QUANTIZERS: dict[str, Quantizer] = {
         partial(functions.lsq_quantize, signed=True),
         init_step=partial(functions.lsq_init_step, signed=True),
     ),
+    # INQ's level set {0, +-2^n} (SPEC 9) trained straight-through; `inq` (lq.train.inq) reaches
+    # the same levels by incremental quantize-and-freeze instead.
+    "pow2": Quantizer(functions.pow2_weight, init_exponent=functions.pow2_top_exponent,
+                      min_bits=functions.POW2_MIN_BITS),
 }
 
 ACT_QUANTIZERS: dict[str, Quantizer] = {
@@ -72,6 +81,12 @@ class QuantConfig:
         functions.check_bits(self.act_bits, "QuantConfig.act_bits")
         _check_name("weight_quantizer", self.weight_quantizer, WEIGHT_QUANTIZERS)
         _check_name("act_quantizer", self.act_quantizer, ACT_QUANTIZERS)
+        for side, bits, registry, name in (("weight", self.weight_bits, WEIGHT_QUANTIZERS, self.weight_quantizer),
+                                           ("act", self.act_bits, ACT_QUANTIZERS, self.act_quantizer)):
+            least = registry[name].min_bits
+            if bits < least:
+                raise LqError(f"QuantConfig.{side}_bits={bits} is too few for the '{name}' quantizer; "
+                              f"allowed: {least} to 8, or 32 (float)")
         r = self.act_range
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
             raise LqError(f"QuantConfig.act_range={r!r} is invalid; allowed: a finite number > 0 (2, 0.5)")

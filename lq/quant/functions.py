@@ -91,6 +91,64 @@ def dorefa_weight(w: Tensor, bits: int) -> Tensor:
     return _signed_grid(t / (2 * t.abs().amax().clamp_min(torch.finfo(w.dtype).tiny)) + 0.5, bits)
 
 
+# --- powers of two (INQ's level set, SPEC 9) ------------------------------------------------------
+#
+# P = {0} U {+-2^n : n2 <= n <= n1} with n1 = floor(log2(4 s / 3)), s = max|W|, and
+# n2 = n1 + 1 - 2^(b-2): b bits hold one bit for zero, so a b-bit layer has at most 2^(b-1) + 1
+# values (b = 5: 17; b = 2: {0, +-2^n1}). Rounding is to the nearest level in magnitude with the
+# paper's tie rule, upward ((a + b) / 2 <= |w| -> b; the Caffe release breaks ties downward):
+# |w| < 2^(n2-1) -> 0, |w| beyond 2^n1 saturates. Exponents come from `frexp`, so every boundary
+# (1.5 * 2^n between 2^n and 2^(n+1)) is compared exactly, without a rounded logarithm.
+
+POW2_MIN_BITS = 2
+
+
+def _floor_log2(a: Tensor) -> Tensor:
+    """floor(log2(a)) for a > 0, exact (frexp: a = m 2^e with m in [0.5, 1))."""
+    return torch.frexp(a).exponent - 1
+
+
+def _nearest_exponent(a: Tensor) -> Tensor:
+    """The exponent of the power of two nearest to a > 0, ties upward: e + (a >= 1.5 * 2^e)."""
+    e = _floor_log2(a)
+    return e + (a >= 1.5 * torch.ldexp(torch.ones_like(a), e)).to(e.dtype)
+
+
+def pow2_top_exponent(w: Tensor) -> Tensor:
+    """n1 = floor(log2(4 max|W| / 3)): the exponent of max|W| rounded to a power of two (0 for W = 0)."""
+    s = w.detach().abs().amax()
+    return torch.where(s > 0, _nearest_exponent(torch.where(s > 0, s, 1.0)), 0)
+
+
+def pow2_exponent_range(n1: Tensor | int, bits: int) -> tuple[Tensor | int, Tensor | int]:
+    """(n2, n1): the smallest and largest exponent of the b-bit level set."""
+    if check_bits(bits) == FULL_PRECISION or bits < POW2_MIN_BITS:
+        raise LqError(f"power-of-two weights take {POW2_MIN_BITS} to 8 bits (one of them for zero), not {bits}")
+    return n1 + 1 - 2 ** (bits - 2), n1
+
+
+def pow2_round(w: Tensor, n1: Tensor | int, bits: int) -> Tensor:
+    """w on the b-bit level set with top exponent n1 (no gradient: the values, for INQ's freezing)."""
+    n2, n1 = pow2_exponent_range(n1, bits)
+    a = w.detach().abs()
+    safe = torch.where(a > 0, a, 1.0)
+    n = torch.clamp(_nearest_exponent(safe), min=n2, max=n1)
+    keep = a >= torch.ldexp(torch.ones_like(a), torch.as_tensor(n2 - 1))
+    return torch.where(keep, torch.sign(w.detach()) * torch.ldexp(torch.ones_like(a), n), 0.0)
+
+
+def pow2_weight(w: Tensor, bits: int, n1: Tensor | int | None = None) -> Tensor:
+    """Power-of-two QAT: w on its b-bit level set, straight-through (identity gradient).
+
+    n1 is the layer's fixed top exponent (`WeightQuantizer` fixes it when quantization starts on
+    the tensor); None takes it from the current max|W|.
+    """
+    if check_bits(bits) == FULL_PRECISION:
+        return w
+    q = pow2_round(w, pow2_top_exponent(w) if n1 is None else n1, bits)
+    return w + (q - w).detach()
+
+
 def lsq_bounds(bits: int, signed: bool) -> tuple[int, int]:
     """(Q_N, Q_P): the integer grid is [-Q_N, Q_P]. Signed 1 bit is the sign, {-1, +1}."""
     if not signed:

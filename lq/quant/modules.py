@@ -20,7 +20,8 @@ class _Quantizer(nn.Module):
     """Applies one registered quantizer at `bits`; owns the learned step if the quantizer has one.
 
     A learned step (LSQ) is initialised from the first tensor seen, once: the flag is a buffer,
-    so a loaded state_dict carries the step and never re-initialises it from new data.
+    so a loaded state_dict carries the step and never re-initialises it from new data. A
+    power-of-two level set's top exponent n1 is fixed the same way (a buffer, not learned).
     """
 
     registry: ClassVar[dict[str, Quantizer]]
@@ -31,15 +32,23 @@ class _Quantizer(nn.Module):
             allowed = ", ".join(sorted(self.registry))
             raise LqError(f"{type(self).__name__} quantizer={quantizer!r} is unknown; allowed: {allowed}")
         self.bits = check_bits(bits)
+        least = self.registry[quantizer].min_bits
+        if self.bits < least:
+            raise LqError(f"{type(self).__name__} quantizer={quantizer!r} takes {least} to 8 bits (or 32), not {bits}")
         self.quantizer = quantizer
         self.act_range = act_range
         self._entry = self.registry[quantizer]
         self.register_parameter("step", None)
-        self._step_ready = True
+        self.register_buffer("top_exponent", None)
+        self._step_ready = self._exponent_ready = True
         if self._entry.init_step is not None and bits != FULL_PRECISION:
             self.step = nn.Parameter(torch.ones(()))
             self.register_buffer("step_initialized", torch.zeros((), dtype=torch.bool))
             self._step_ready = False
+        if self._entry.init_exponent is not None and bits != FULL_PRECISION:
+            self.register_buffer("top_exponent", torch.zeros((), dtype=torch.int64))
+            self.register_buffer("exponent_initialized", torch.zeros((), dtype=torch.bool))
+            self._exponent_ready = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bits == FULL_PRECISION:
@@ -49,6 +58,8 @@ class _Quantizer(nn.Module):
             if not self._step_ready:
                 self._initialize_step(x)
             kwargs["step"] = self.step
+        if self.top_exponent is not None:
+            kwargs["n1"] = self.fixed_exponent(x)
         if self._entry.takes_range:
             kwargs["act_range"] = self.act_range
         return self._entry.fn(x, self.bits, **kwargs)
@@ -59,10 +70,21 @@ class _Quantizer(nn.Module):
         self.step_initialized.fill_(True)
         self._step_ready = True
 
+    @torch.no_grad()
+    def fixed_exponent(self, x: Tensor) -> Tensor:
+        """The level set's top exponent n1, fixed from `x` the first time it is asked for."""
+        if not self._exponent_ready:
+            self.top_exponent.copy_(self._entry.init_exponent(x))
+            self.exponent_initialized.fill_(True)
+            self._exponent_ready = True
+        return self.top_exponent
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.step is not None:
             self._step_ready = bool(self.step_initialized)
+        if self.top_exponent is not None:
+            self._exponent_ready = bool(self.exponent_initialized)
 
     def _identity(self) -> tuple:
         return type(self), self.bits, self.quantizer, self.act_range if self._entry.takes_range else None
@@ -77,12 +99,22 @@ class _Quantizer(nn.Module):
 
 
 class WeightQuantizer(_Quantizer):
-    """Fake-quantizes a weight tensor (ProxQ by default)."""
+    """Fake-quantizes a weight tensor (ProxQ by default).
+
+    `only`, when set, is a boolean mask of the entries to quantize; the others pass through in
+    float and only they get gradients. INQ (`lq.train.inq`) sets it to the share it has frozen.
+    It is not part of the state_dict: its owner keeps and restores it.
+    """
 
     registry = WEIGHT_QUANTIZERS
 
     def __init__(self, bits: int = 32, quantizer: str = "proxq", act_range: float = 2.0) -> None:
         super().__init__(bits, quantizer, act_range)
+        self.only: Tensor | None = None
+
+    def forward(self, w: Tensor) -> Tensor:
+        q = super().forward(w)
+        return q if self.only is None else torch.where(self.only, q.detach(), w)
 
     @classmethod
     def from_config(cls, config: QuantConfig) -> "WeightQuantizer":

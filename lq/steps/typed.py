@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lq.config import StageParams
 from lq.quant.config import QuantConfig
+from lq.train.inq import InqSettings
 from lq.train.settings import Runtime, Schedule
 
 
@@ -30,3 +31,12 @@ def quant(p: StageParams, section: str) -> QuantConfig | None:
                        weight_quantizer=p["quant.weight_quantizer"] if weight_bits < 32 else "proxq",
                        act_quantizer=p["quant.act_quantizer"] if act_bits < 32 else "uniform",
                        act_range=p["model.act_range"])
+
+
+def inq(p: StageParams) -> InqSettings | None:
+    """INQ's settings when the grid cell's quantizer is `inq`, else None."""
+    if p["quant.procedure"] != "inq":
+        return None
+    s = p["quantizers.inq"]
+    return InqSettings(portions=tuple(s["portions"]), partition=s["partition"], epochs_per_phase=s["epochs_per_phase"],
+                       milestones=tuple(s["milestones"]))

@@ -60,5 +60,6 @@ def run(recipe: LifelongRecipe, *, store: Path, split: Path, replay: Path, count
                               class_weights=class_weights(counts / f"reweight{t}.json", num_classes)))
     settings = {"seed": recipe.runtime.seed, "act_range": recipe.act_range, "act_bits": recipe.quant.act_bits,
                 "bits": bits_label(recipe.quant)}
-    engine.train(model, plans, [method], settings)
+    # INQ (if any) first: its last portion quantizes the model before the method takes its anchor.
+    engine.train(model, plans, [*recipe.quantization_plugins(), method], settings)
     engine.finish(model, curve, task_dir=out, tasks=num_tasks, made_by=("lifelong", recipe.cell))

@@ -14,7 +14,8 @@ from typing import Any
 
 from lq.quant.config import QuantConfig
 from lq.train.engine import Engine, TaskPlan
-from lq.train.plugin import Phase
+from lq.train.inq import Inq, InqSettings
+from lq.train.plugin import Phase, Plugin
 from lq.train.settings import Runtime, Schedule
 
 
@@ -38,6 +39,11 @@ class Recipe:
 @dataclass(frozen=True)
 class QatRecipe(Recipe):
     quant: QuantConfig = field(default_factory=QuantConfig)
+    inq: InqSettings | None = None  # set: INQ's incremental procedure instead of straight-through QAT
+
+    def quantization_plugins(self) -> list[Plugin]:
+        """The plugins the quantization procedure adds (INQ's portions), before the method's."""
+        return [Inq(self.inq, self.runtime.seed)] if self.inq is not None else []
 
 
 def pretrain(recipe: Recipe, *, store: Path, split: Path, out: Path, curve: Path) -> None:
@@ -49,9 +55,9 @@ def pretrain(recipe: Recipe, *, store: Path, split: Path, out: Path, curve: Path
 
 
 def qat(recipe: QatRecipe, *, store: Path, split: Path, init: Path, out: Path, curve: Path) -> None:
-    """QAT on task 0 from a full-precision model (SPEC 6.2: w8a8)."""
+    """QAT on task 0 from a full-precision model (SPEC 6.2: w8a8), or INQ from it (SPEC 9)."""
     engine = Engine(recipe.run, recipe.runtime, store, identity=recipe.identity, inputs=[store, split, init])
     model = engine.model_from(init, engine.model_spec(recipe.arch), recipe.quant,
                               {"weight_bits": 32, "act_bits": 32}, stage="qat8")
-    engine.train(model, [TaskPlan(0, engine.table(split / "train0.csv"), recipe.phases)])
+    engine.train(model, [TaskPlan(0, engine.table(split / "train0.csv"), recipe.phases)], recipe.quantization_plugins())
     engine.finish(model, curve, out=out)

@@ -61,7 +61,40 @@ PARAMS = [
     ("grid.seed", ["0"], "training seed"),
     ("lifelong.methods.mas.ll_lambda", -5, ">= 0"),
     ("lifelong.methods.ewc.ball_form", "mixed", "additive or multiplicative"),
+    ("quantizers.inq.portions", [0.5, 0.5, 1], "increase strictly"),
+    ("quantizers.inq.portions", [0.5, 0.75], "end at 1"),
+    ("quantizers.inq.partition", "smallest", "magnitude (largest |w|) or random"),
+    ("quantizers.inq.milestones", [5], "beyond quantizers.inq.epochs_per_phase = 2"),
+    ("quantizers.inq.epochs_per_phase", 0, ">= 1"),
 ]
+
+# Cross-key problems of power-of-two quantizers: (overrides, words of the message).
+POW2_PARAMS = [
+    ({"grid.quantizer": ["inq"], "grid.bits": ["w1a4"]}, "grid.bits w1a4 = 1"),
+    ({"grid.quantizer": ["inq"], "grid.bits": ["w32a32"]}, "grid.bits w32a32 = 32"),
+    ({"grid.quantizer": ["pow2"], "qat8.weight_bits": 1}, "qat8.weight_bits = 1"),
+    ({"grid.quantizer": ["proxq", "inq"], "qat8.weight_bits": 32}, "grid.quantizer inq"),
+]
+
+
+@pytest.mark.parametrize("overrides,words", POW2_PARAMS, ids=[str(o) for o, _ in POW2_PARAMS])
+def test_power_of_two_bit_widths_are_checked_across_keys(overrides, words):
+    raw = copy.deepcopy(RAW)
+    for key, value in overrides.items():
+        lqconfig.set_key(raw, key, value)
+    with pytest.raises(LqError) as info:
+        lqconfig.resolve(raw)
+    assert words in str(info.value) and "2 to 8 bits" in str(info.value), str(info.value)
+
+
+def test_pow2_at_32_bits_and_inq_at_2_to_8_bits_are_accepted():
+    raw = copy.deepcopy(RAW)
+    lqconfig.set_key(raw, "grid.quantizer", ["pow2", "inq"])
+    lqconfig.set_key(raw, "grid.bits", ["w2a32", "w8a8"])
+    lqconfig.resolve(raw)
+    lqconfig.set_key(raw, "grid.quantizer", ["pow2"])
+    lqconfig.set_key(raw, "grid.bits", ["w32a4"])
+    lqconfig.resolve(raw)
 
 
 @pytest.mark.parametrize("key,value,words", PARAMS, ids=[f"{k}={v!r}" for k, v, _ in PARAMS])

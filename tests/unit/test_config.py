@@ -5,6 +5,7 @@ import copy
 import pytest
 
 from lq import config as lqconfig
+from lq import grid
 from lq.config import REPO_ROOT
 from lq.errors import LqError
 
@@ -111,9 +112,12 @@ def test_a_cell_sets_the_keys_its_axes_stand_for():
     cell = lqconfig.resolve(RAW, axes={"method": "ewc", "bits": "w2a8", "quantizer": "lsq", "seed": "7"})
     assert cell["lifelong"]["method"] == "ewc"
     assert (cell["lifelong"]["weight_bits"], cell["lifelong"]["act_bits"]) == (2, 8)
-    assert cell["quant"] == {"weight_quantizer": "lsq", "act_quantizer": "lsq"}
+    assert cell["quant"] == {"weight_quantizer": "lsq", "act_quantizer": "lsq", "procedure": "qat"}
     assert cell["train"]["seed"] == 7
     assert lqconfig.resolve(RAW, axes={"quantizer": "dorefa"})["quant"]["act_quantizer"] == "uniform"
+    # INQ is a procedure on pow2 weights, not a weight quantizer of its own
+    assert lqconfig.resolve(RAW, axes={"quantizer": "inq"})["quant"] == {
+        "weight_quantizer": "pow2", "act_quantizer": "uniform", "procedure": "inq"}
 
 
 def test_a_cell_value_outside_the_schema_is_named():
@@ -137,5 +141,8 @@ def test_schema_enums_are_the_registries():
 
     schema = lqconfig.load_schema()
     assert sorted(schema["properties"]["model"]["properties"]["arch"]["enum"]) == list_models()
-    assert sorted(schema["$defs"]["quantizer"]["enum"]) == sorted(WEIGHT_QUANTIZERS)
+    assert sorted(schema["$defs"]["weight_quantizer"]["enum"]) == sorted(WEIGHT_QUANTIZERS)
+    # the grid's quantizer axis: every weight quantizer (straight-through QAT) and every procedure
+    assert sorted(schema["$defs"]["quantizer"]["enum"]) == sorted([*WEIGHT_QUANTIZERS, *grid.PROCEDURES])
+    assert sorted(schema["properties"]["quantizers"]["required"]) == sorted(schema["$defs"]["quantizer"]["enum"])
     assert sorted(schema["properties"]["quant"]["properties"]["act_quantizer"]["enum"]) == sorted(ACT_QUANTIZERS)

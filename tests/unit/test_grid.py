@@ -12,7 +12,10 @@ from lq.pipeline import fill, fixed_prefix, load_table, placeholders
 def test_axis_values_become_parameters():
     assert grid.apply({"bits": "w2a8"}) == [("lifelong.weight_bits", 2), ("lifelong.act_bits", 8)]
     assert grid.apply({"seed": "12"}) == [("train.seed", 12)]
-    assert dict(grid.apply({"quantizer": "lsq"})) == {"quant.weight_quantizer": "lsq", "quant.act_quantizer": "lsq"}
+    assert dict(grid.apply({"quantizer": "lsq"})) == {"quant.weight_quantizer": "lsq", "quant.act_quantizer": "lsq",
+                                                      "quant.procedure": "qat"}
+    assert dict(grid.apply({"quantizer": "inq"})) == {"quant.weight_quantizer": "pow2", "quant.act_quantizer": "uniform",
+                                                      "quant.procedure": "inq"}
     assert dict(grid.apply({"quantizer": "proxq"}))["quant.act_quantizer"] == "uniform"
     with pytest.raises(LqError, match="w4a4"):
         grid.apply({"bits": "4bit"})

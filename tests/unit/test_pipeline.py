@@ -23,10 +23,13 @@ def test_dvc_params_are_exactly_the_declared_keys_plus_their_preset_overrides():
         tracked = dvc["stages"][stage.name].get("params", [])
         base = [k for k in tracked if k != "preset" and not k.startswith("presets.")]
         assert base == stage.declared_params(item="${{item.{}}}".format)
+        # per cell: lifelong.methods.${item.method}, quantizers.${item.quantizer}
+        grid_values = lqconfig.resolve(raw)["grid"]
         for key in tracked:
-            for method in lqconfig.resolve(raw)["grid"]["method"]:  # per cell: lifelong.methods.${item.method}
-                filled = key.replace("${item.method}", method)
-                assert lqconfig.has_key(raw, filled), f"dvc.yaml tracks {filled}, which params.yaml lacks"
+            for method in grid_values["method"]:
+                for quantizer in grid_values["quantizer"]:
+                    filled = key.replace("${item.method}", method).replace("${item.quantizer}", quantizer)
+                    assert lqconfig.has_key(raw, filled), f"dvc.yaml tracks {filled}, which params.yaml lacks"
 
 
 def test_pipeline_check_detects_a_stage_table_edit(tmp_path):
