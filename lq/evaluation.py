@@ -7,6 +7,7 @@ model is rebuilt from what its checkpoint says it is (`lq.train.spec`).
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from lq import metrics, plots
 from lq.atomic import write_text
 from lq.io import read_table, task_count, write_json
+from lq.quant import levels
 from lq.quant.config import QuantConfig
 from lq.quant.convert import model_bit_widths
 from lq.train import spec
@@ -31,11 +33,16 @@ log = logging.getLogger("lq")
 
 @dataclass(frozen=True)
 class Expected:
-    """What the lifelong checkpoints must be: this grid cell's method and quantization."""
+    """What the lifelong checkpoints must be: this grid cell's method and quantization.
+
+    `quantizer` is the cell's quantizer axis value, which names a procedure where it is one
+    (`inq` trains `pow2` weights); the metrics report it, so INQ and pow2 runs stay apart.
+    """
 
     method: str
     quant: QuantConfig | None
     seed: int
+    quantizer: str = ""
 
 
 @torch.no_grad()
@@ -74,12 +81,14 @@ def evaluate(expected: Expected, *, device: str, deterministic: bool, batch_size
         for j in range(num_tasks):
             R[t, j], R5[t, j] = accuracy(model, tests[j])
         log.info("after task %d: %s", t, " ".join(f"{100 * a:.2f}" for a in R[t]))
+    levels.check_power_of_two(model)  # a pow2 (or INQ) model's layers hold only their levels
     forgetting = metrics.forgetting(R)
     memory_images = max(payload.get("memory_images") or [0])
     summary = {
         "method": expected.method,
         "bits": spec.bits_label(quant),
-        "quantizer": spec.weight_quantizer(quant),
+        "quantizer": spec.weight_quantizer(quant) if quant is None or quant.weight_bits == 32 or not expected.quantizer
+        else expected.quantizer,
         "seed": expected.seed,
         "num_tasks": num_tasks,
         "average_accuracy": round(metrics.average_accuracy(R), 6),
@@ -97,6 +106,15 @@ def evaluate(expected: Expected, *, device: str, deterministic: bool, batch_size
         "replay_memory_images": memory_images,
         "replay_memory_bytes": memory_images * int(np.prod(bank.shape)),  # uint8 images
     }
+    zeros = levels.zero_shares(model)
+    if zeros:  # power-of-two weights: the share of each layer a shift-and-add kernel skips
+        summary["weight_zero_share"] = zeros
+    qat8_quant = w8a8_payload["config"].get("quant")
+    if qat8_quant and qat8_quant["weight_quantizer"] == "pow2":
+        # What qat8's training (INQ or straight-through) bought: the FP32 model put on the same
+        # power-of-two levels (n1 from each layer's max|W|) at qat8's bits, without retraining.
+        oneshot = spec.convert(copy.deepcopy(fp32), QuantConfig.from_dict(qat8_quant))
+        summary["w8a8_oneshot_task0_accuracy"] = accuracy(oneshot, tests[0])[0]
     log.info("average accuracy %.4f, forgetting %.4f, BWT %.4f", summary["average_accuracy"],
              summary["forgetting"], summary["bwt"])
     return summary, R

@@ -8,7 +8,8 @@ from lq.steps import step, typed
 
 def main(argv: list[str]) -> int:
     def body(args, p) -> None:
-        expected = evaluation.Expected(p["lifelong.method"], typed.quant(p, "lifelong"), p["train.seed"])
+        expected = evaluation.Expected(p["lifelong.method"], typed.quant(p, "lifelong"), p["train.seed"],
+                                       p.cell["quantizer"])
         summary, matrix = evaluation.evaluate(
             expected, device=p["train.device"], deterministic=p["train.deterministic"],
             batch_size=p["train.eval_batch_size"], store=args.store, split=args.split,

@@ -31,7 +31,7 @@ from torch import nn
 from lq.errors import LqError
 from lq.quant.functions import pow2_round
 from lq.quant.inq import PARTITIONS, check_portions, frozen_count, grow_frozen
-from lq.quant.modules import QConv2d, QLinear
+from lq.quant.levels import pow2_layers
 from lq.train.plugin import Optimization, Phase, Plugin, TaskContext
 
 
@@ -58,11 +58,6 @@ class InqSettings:
                           f"{self.epochs_per_phase} (quantizers.inq.epochs_per_phase)")
 
 
-def pow2_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers INQ quantizes: every quantized conv or linear with power-of-two weights."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (QConv2d, QLinear)) and m.weight_quantizer.quantizer == "pow2"
-            and m.weight_quantizer.bits < 32}
 
 
 class Inq(Plugin):
