@@ -111,9 +111,12 @@ def evaluate(expected: Expected, *, device: str, deterministic: bool, batch_size
         summary["weight_zero_share"] = zeros
     qat8_quant = w8a8_payload["config"].get("quant")
     if qat8_quant and qat8_quant["weight_quantizer"] == "pow2":
-        # What qat8's training (INQ or straight-through) bought: the FP32 model put on the same
-        # power-of-two levels (n1 from each layer's max|W|) at qat8's bits, without retraining.
-        oneshot = spec.convert(copy.deepcopy(fp32), QuantConfig.from_dict(qat8_quant))
+        # What qat8's training (INQ or straight-through) bought: the FP32 model's weights put on
+        # the same power-of-two levels (n1 from each layer's max|W|) at qat8's weight bits, without
+        # retraining. Activations stay float: an FP32 model's activations are not within the
+        # clipped [0, 1] grid, which would measure the activation quantizer, not the weights.
+        weights_only = {**qat8_quant, "act_bits": 32}
+        oneshot = spec.convert(copy.deepcopy(fp32), QuantConfig.from_dict(weights_only))
         summary["w8a8_oneshot_task0_accuracy"] = accuracy(oneshot, tests[0])[0]
     log.info("average accuracy %.4f, forgetting %.4f, BWT %.4f", summary["average_accuracy"],
              summary["forgetting"], summary["bwt"])

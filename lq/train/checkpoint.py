@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -30,10 +31,24 @@ def save(path: Path, payload: Mapping[str, Any]) -> None:
 
     `torch.save` is given an open file, not a file name: given a name, it names the zip archive's
     records after the file (here a random temporary), so identical payloads would give different
-    bytes; given a file object it always uses 'archive', and identical runs give identical bytes.
+    bytes; given a file object it always uses 'archive'. Strings are interned first: pickle writes
+    a repeated string once if it is the same object, so a history read back from a resumed run's
+    checkpoint (new string objects) would otherwise pickle to other bytes than the one an
+    uninterrupted run built. With both, equal payloads give identical bytes.
     """
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(dict(payload), fh)
+        torch.save(_interned(dict(payload)), fh)
+
+
+def _interned(value: Any) -> Any:
+    """`value` with every string in its dicts, lists and tuples interned (tensors untouched)."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {_interned(k): _interned(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_interned(v) for v in value)
+    return value
 
 
 def load(path: Path, expect: Mapping[str, Any] | None = None, map_location: str | torch.device = "cpu",

@@ -60,6 +60,7 @@ def run(recipe: LifelongRecipe, *, store: Path, split: Path, replay: Path, count
                               class_weights=class_weights(counts / f"reweight{t}.json", num_classes)))
     settings = {"seed": recipe.runtime.seed, "act_range": recipe.act_range, "act_bits": recipe.quant.act_bits,
                 "bits": bits_label(recipe.quant)}
-    # INQ (if any) first: its last portion quantizes the model before the method takes its anchor.
+    # INQ (if any) first: its last portion quantizes the model before the method's after_task
+    # (SI and RWalk close their path integrals there), so every method sees the quantized model.
     engine.train(model, plans, [*recipe.quantization_plugins(), method], settings)
     engine.finish(model, curve, task_dir=out, tasks=num_tasks, made_by=("lifelong", recipe.cell))

@@ -5,14 +5,19 @@ accuracy, and editing INQ's settings reruns only the INQ cells in both tools."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
 
+from lq.evaluation import accuracy
+from lq.io import read_table
+from lq.quant.config import QuantConfig
 from lq.quant.functions import pow2_exponent_range
 from lq.quant.levels import pow2_layers
 from lq.train import spec
-from tests.conftest import planned_jobs, run, set_param
+from lq.train.data import Batches, load_bank
+from tests.conftest import planned_jobs, run, set_param, tool_env
 
 pytestmark = pytest.mark.integration
 BITS = 3
@@ -20,6 +25,16 @@ SHORT = {"pretrain.epochs": 2, "pretrain.milestones": [], "qat8.epochs": 1, "qat
          "qat8.weight_bits": 5, "qat8.act_bits": 32, "lifelong.epochs": 1, "lifelong.milestones": [],
          "grid.method": ["finetune"], "grid.bits": [f"w{BITS}a32"], "grid.quantizer": ["pow2", "inq"],
          "quantizers.inq.portions": [0.5, 0.75, 1.0], "quantizers.inq.epochs_per_phase": 1}
+
+
+def oneshot_accuracy(project, bits: str) -> float:
+    """Task 0 test accuracy of the FP32 model with its weights rounded to pow2 at `bits`, recomputed here."""
+    fp32, _ = spec.load(project / "models" / "seed0" / "pretrain.pt", torch.device("cpu"))
+    weight_bits = int(bits[1:].split("a")[0])
+    model = spec.convert(fp32, QuantConfig(weight_bits=weight_bits, act_bits=32, weight_quantizer="pow2"))
+    bank = load_bank(project / "data" / "store", torch.device("cpu"))
+    test0 = read_table(project / "data" / "split" / "test0.csv", len(bank.classes))
+    return accuracy(model, Batches(bank, bank.rows(test0, "test0"), 100, shuffle=False))[0]
 
 
 def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(project):
@@ -34,7 +49,8 @@ def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(project):
     for quantizer in ("pow2", "inq"):
         metrics = json.loads((project / "metrics" / "seed0" / quantizer / f"finetune-w{BITS}a32.json").read_text())
         assert metrics["quantizer"] == quantizer and metrics["w8a8_bits"] == "w5a32"
-        assert 0 <= metrics["w8a8_oneshot_task0_accuracy"] <= 1 and metrics["w8a8_task0_accuracy"] > 0.5
+        assert metrics["w8a8_task0_accuracy"] > 0.5
+        assert metrics["w8a8_oneshot_task0_accuracy"] == oneshot_accuracy(project, metrics["w8a8_bits"])
         model, _ = spec.load(project / "models" / "seed0" / quantizer / f"finetune-w{BITS}a32" / "task2.pt",
                              torch.device("cpu"))
         layers = pow2_layers(model)
@@ -52,6 +68,21 @@ def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(project):
         assert metrics["model_size_bits"] == size
     inq = dict(pow2_layers(spec.load(project / "models" / "seed0" / "inq" / "qat8.pt", torch.device("cpu"))[0]))
     assert all(torch.equal(layer.quantized_weight(), layer.weight) for layer in inq.values())  # INQ's weights are levels
+
+    # A SIGKILL in a later INQ phase (task 1, its second portion) resumes to the same models
+    cell = project / "models" / "seed0" / "inq" / f"finetune-w{BITS}a32"
+    uninterrupted = {p.name: p.read_bytes() for p in sorted(cell.glob("task*.pt"))}
+    target = str((cell / "MANIFEST.json").relative_to(project))
+    killed = subprocess.run(["snakemake", "--cores", "2", "--forcerun", target, "--", target], cwd=project,
+                            env={**tool_env(), "LQ_TEST_KILL_AFTER": "1:1:0:1"}, capture_output=True, text=True,
+                            timeout=900)
+    assert killed.returncode != 0 and not (cell / "task2.pt").exists(), killed.stdout[-2000:] + killed.stderr[-2000:]
+    run(["snakemake", "--cores", "2", "--rerun-incomplete", target], project)
+    log = (project / "logs" / f"lifelong-finetune-w{BITS}a32-inq-0.log").read_text()
+    assert "task 0 already finished in an earlier run" in log and "task 1: resuming after epoch 1" in log
+    assert "task 1 inq 0.5 (1/2) epoch 1/1" not in log  # phase 0 of task 1 is not trained again
+    assert {p.name: p.read_bytes() for p in sorted(cell.glob("task*.pt"))} == uninterrupted
+    run(["snakemake", "--cores", "2", "all"], project)
 
     # INQ's settings are the INQ cells' own, in both tools
     assert planned_jobs(project, "all") == {}

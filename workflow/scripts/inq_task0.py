@@ -6,7 +6,7 @@ at wba32 from the FP32 model (and the lifelong chain INQ at the same width, fine
 table reads the evaluate stage's metrics: `fp32_task0_accuracy`, `w8a8_oneshot_task0_accuracy`
 (the FP32 model on the b-bit levels, no retraining) and `w8a8_task0_accuracy` (after INQ).
 
-    python workflow/scripts/inq_task0.py --cores 2 --seeds 0 1 2 > docs/inq_task0.md
+    python workflow/scripts/inq_task0.py --cores 2 --seeds 0 1 2     # the table on stdout, logs in logs/inq_task0.log
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from pathlib import Path
 def run(bits: int, partition: str, seeds: list[int], cores: int) -> list[dict]:
     config = [f"grid={{method: [finetune], bits: [w{bits}a32], quantizer: [inq], seed: {seeds}}}",
               f"qat8={{weight_bits: {bits}, act_bits: 32}}", f"quantizers={{inq: {{partition: {partition}}}}}"]
-    subprocess.run(["snakemake", "--cores", str(cores), "all", "--quiet", "--config", *config], check=True)
+    Path("logs").mkdir(exist_ok=True)
+    with open("logs/inq_task0.log", "a") as log:  # the table alone goes to stdout
+        subprocess.run(["snakemake", "--cores", str(cores), "all", "--quiet", "--config", *config], check=True,
+                       stdout=log, stderr=subprocess.STDOUT)
     return [json.loads(Path(f"metrics/seed{s}/inq/finetune-w{bits}a32.json").read_text()) for s in seeds]
 
 
