@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# One thread per process, here and in every tool the tests start (unless set otherwise): the
+# integration tests run two pipelines and a test at once (tests/integration/conftest.py), and
+# OpenMP threads that outnumber the cores spin-wait, slowing training many times over.
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 # What a clone holds; generated outputs, caches and the venv stay behind.
 PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "lq", ".dvcignore", ".gitignore",
                  "data/.gitignore", "models/.gitignore", "results/.gitignore", "pyproject.toml"]

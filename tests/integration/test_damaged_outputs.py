@@ -4,20 +4,21 @@ Snakemake declares the files inside each folder output (and `all` asks for every
 deleted checkpoint makes `snakemake -n` plan its stage; DVC hashes folders, so `dvc status` flags
 the stage. A change Snakemake cannot see (same size, mtime kept) is caught by the manifest check
 of the next stage that reads the file, whose message names the stage to rerun; the command it
-suggests is run here too.
+suggests is run here too. Each test works on its own clone of the shared run `finished`, its
+body queued with the shared runs (tests/integration/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import LIFELONG, METRICS, new_project, planned_jobs, run, set_param, tool_env
+from tests.integration.conftest import clone, in_background, shared_run
 
 pytestmark = pytest.mark.integration
 
@@ -32,10 +33,10 @@ TASK1 = f"{LIFELONG}/task1.pt"
 FOLDERS = ("data/store", "data/split", "data/replay", "data/counts/lifequant", LIFELONG)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
+@shared_run
+def finished(folder: Path) -> Path:
     """A finished Snakemake run, recorded by `dvc commit`: both tools see it up to date."""
-    root = new_project(tmp_path_factory.mktemp("damaged") / "repo")
+    root = new_project(folder / "repo")
     for key, value in FAST.items():
         set_param(root, key, value)
     run(["git", "commit", "-qam", "fast training"], root)
@@ -45,11 +46,6 @@ def finished(tmp_path_factory) -> Path:
     assert planned_jobs(root, "all") == {}
     assert "up to date" in run(["dvc", "status"], root).stdout
     return root
-
-
-@pytest.fixture
-def project(finished, tmp_path) -> Path:
-    return shutil.copytree(finished, tmp_path / "repo", symlinks=True)
 
 
 def flip_byte(path: Path, keep_mtime: bool = False) -> None:
@@ -70,7 +66,9 @@ def test_every_folder_output_holds_exactly_its_manifest_files(finished):
     assert sorted(json.loads((finished / LIFELONG / "MANIFEST.json").read_text())["files"]) == ["task0.pt", "task1.pt"]
 
 
-def test_snakemake_reruns_lifelong_when_a_checkpoint_inside_its_folder_is_deleted(project):
+@in_background
+def test_snakemake_reruns_lifelong_when_a_checkpoint_inside_its_folder_is_deleted(tmp_path, finished):
+    project = clone(finished, tmp_path / "repo")
     metrics = (project / METRICS).read_bytes()
     (project / TASK1).unlink()
     dry = run(["snakemake", "-n", "all"], project).stdout
@@ -83,7 +81,9 @@ def test_snakemake_reruns_lifelong_when_a_checkpoint_inside_its_folder_is_delete
     assert planned_jobs(project, "all") == {}
 
 
-def test_a_silently_damaged_checkpoint_stops_evaluate_with_the_lifelong_rerun_command(project):
+@in_background
+def test_a_silently_damaged_checkpoint_stops_evaluate_with_the_lifelong_rerun_command(tmp_path, finished):
+    project = clone(finished, tmp_path / "repo")
     metrics = (project / METRICS).read_bytes()
     flip_byte(project / TASK1, keep_mtime=True)
     assert planned_jobs(project, "all") == {}  # nothing for Snakemake to see: same size and time
@@ -101,7 +101,9 @@ def test_a_silently_damaged_checkpoint_stops_evaluate_with_the_lifelong_rerun_co
     assert (project / METRICS).read_bytes() == metrics
 
 
-def test_a_flipped_byte_in_the_store_is_flagged_by_dvc_and_stops_the_next_reader_under_snakemake(project):
+@in_background
+def test_a_flipped_byte_in_the_store_is_flagged_by_dvc_and_stops_the_next_reader_under_snakemake(tmp_path, finished):
+    project = clone(finished, tmp_path / "repo")
     flip_byte(project / "data/store/images.npy")
     status = json.loads(run(["dvc", "status", "--json"], project).stdout)
     assert {"changed outs": {"data/store": "modified"}} in status["download"]
@@ -114,7 +116,9 @@ def test_a_flipped_byte_in_the_store_is_flagged_by_dvc_and_stops_the_next_reader
     assert "`snakemake --cores all --forcerun download all`" in out and "`dvc repro -f -s download` then `dvc repro`" in out
 
 
-def test_dvc_flags_a_deleted_checkpoint_and_a_forced_evaluate_names_lifelong(project):
+@in_background
+def test_dvc_flags_a_deleted_checkpoint_and_a_forced_evaluate_names_lifelong(tmp_path, finished):
+    project = clone(finished, tmp_path / "repo")
     metrics = (project / METRICS).read_bytes()
     (project / TASK1).unlink()
     status = json.loads(run(["dvc", "status", "--json"], project).stdout)

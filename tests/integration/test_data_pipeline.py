@@ -1,4 +1,7 @@
-"""The data half of the pipeline through the real Snakemake and DVC, on the embedded digits."""
+"""The data half of the pipeline through the real Snakemake and DVC, on the embedded digits.
+
+`data_run` (conftest.py) is a new project where Snakemake has made the data stages, shared.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import planned_jobs, run, set_param, tree_bytes
+from tests.integration.conftest import DATA_OUTPUTS, DATA_STAGES, DATA_TARGETS, clone
 
-DATA_STAGES = ["download", "split", "replay", "count"]
-DATA_OUTPUTS = ["data/store", "data/split", "data/replay", "data/counts/lifequant"]
-# Snakemake sees the files inside a folder output: each folder's manifest stands for the folder.
-DATA_TARGETS = [f"{out}/MANIFEST.json" for out in DATA_OUTPUTS]
 pytestmark = pytest.mark.integration
 
 
@@ -26,8 +26,8 @@ def ran_stages(dvc_output: str) -> list[str]:
     return [s for s in DATA_STAGES if f"Running stage '{s}'" in dvc_output or f"Running stage '{s}@" in dvc_output]
 
 
-def test_snakemake_runs_the_data_stages(project):
-    snakemake_data(project)
+def test_snakemake_runs_the_data_stages(data_run):
+    project = data_run  # read only
     split = project / "data" / "split"
     tasks = json.loads((split / "tasks.json").read_text())
     T = len(tasks["tasks"])
@@ -43,15 +43,15 @@ def test_snakemake_runs_the_data_stages(project):
         assert len(weights) == len(tasks["classes"])
 
 
-def test_data_stages_are_byte_deterministic(project, tmp_path):
-    snakemake_data(project)
+def test_data_stages_are_byte_deterministic(data_run, tmp_path):
+    project = clone(data_run, tmp_path / "repo")
     first = {out: tree_bytes(project / out) for out in DATA_OUTPUTS}
     snakemake_data(project, "--forceall")
     second = {out: tree_bytes(project / out) for out in DATA_OUTPUTS}
     assert first == second
 
 
-def test_dvc_repro_then_replay_rate_edit_reruns_only_replay_and_count(project):
+def test_dvc_repro_then_replay_rate_edit_reruns_only_replay_and_count(project, data_run, tmp_path):
     first = run(["dvc", "repro", "count"], project).stdout
     assert ran_stages(first) == DATA_STAGES
     assert "Data and pipelines are up to date." in run(["dvc", "status", "--with-deps", "count"], project).stdout
@@ -60,14 +60,15 @@ def test_dvc_repro_then_replay_rate_edit_reruns_only_replay_and_count(project):
     second = run(["dvc", "repro", "count"], project).stdout
     assert ran_stages(second) == ["replay", "count"]
 
-    # Snakemake agrees: after the same edit, it plans exactly those two rules.
-    snakemake_data(project, "--forceall")
-    set_param(project, "replay.replay_rate", 0.3)
+    # Snakemake agrees: after the same edit (on a clone of `data_run`, whose data stages Snakemake
+    # made), it plans exactly those two rules.
+    project = clone(data_run, tmp_path / "snakemake")
+    set_param(project, "replay.replay_rate", 0.5)
     assert planned_jobs(project, *DATA_TARGETS) == {"replay": 1, "count": 1}
 
 
-def test_dvc_commit_after_snakemake_matches_dvc_repro(project, tmp_path):
-    snakemake_data(project)
+def test_dvc_commit_after_snakemake_matches_dvc_repro(data_run, tmp_path):
+    project = clone(data_run, tmp_path / "repo")
     run(["dvc", "commit", "--force", "--with-deps", "count"], project)
     assert "Data and pipelines are up to date." in run(["dvc", "status", "--with-deps", "count"], project).stdout
     lock_after_snakemake = (project / "dvc.lock").read_text()

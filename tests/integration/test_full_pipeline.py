@@ -1,27 +1,22 @@
-"""All eight stages on the embedded digits through the real DVC (and Snakemake), short training."""
+"""All eight stages on the embedded digits through the real DVC (and Snakemake), short training.
+
+The project reproduced from nothing by `dvc repro` is the shared run `two_seed_dvc` (two seeds,
+short training, one thread per stage: conftest.py); the Snakemake side starts from `trained`.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import (CELL, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, new_project,
-                            planned_jobs, run, set_param)
+from tests.conftest import CELL, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, planned_jobs, run, set_param
+from tests.integration.conftest import LONG, clone, in_background
 
 STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate"]
-FAST = {
-    "pretrain.epochs": 3, "pretrain.milestones": [2],
-    "qat8.epochs": 2, "qat8.milestones": [1],
-    "lifelong.epochs": 2, "lifelong.milestones": [1],
-}
-# Generous limit for training runs: well under a minute each on an idle 2-core machine, but much
-# longer when other jobs compete for the cores.
-LONG = 3600
-
-
+# the lifelong stages of `two_seed_dvc`, one per seed
+LIFELONG_STAGES = {"lifelong@lifequant-w4a4-proxq-0", "lifelong@lifequant-w4a4-proxq-1"}
 
 
 def ran_stages(dvc_output: str) -> list[str]:
@@ -30,21 +25,15 @@ def ran_stages(dvc_output: str) -> list[str]:
     return [s for pos, s in sorted(found) if pos >= 0]
 
 
-
-
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory) -> tuple[Path, str]:
+def reproduced(two_seed_dvc) -> tuple[Path, str]:
     """A project with short training, reproduced from nothing by `dvc repro`; and its output."""
-    root = new_project(tmp_path_factory.mktemp("full") / "repo")
-    for key, value in FAST.items():
-        set_param(root, key, value)
-    run(["git", "commit", "-qam", "short training"], root)
-    return root, run(["dvc", "repro"], root, timeout=LONG).stdout
+    return two_seed_dvc.root, two_seed_dvc.output
 
 
 @pytest.mark.integration
-def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduced):
-    root, output = reproduced
+def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduced, tmp_path):
+    root, output = clone(reproduced[0], tmp_path / "repo"), reproduced[1]
     assert ran_stages(output) == STAGES
     assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
     metrics = json.loads((root / METRICS).read_text())
@@ -82,13 +71,14 @@ def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduce
 
 
 @pytest.mark.integration
-def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(reproduced, tmp_path):
-    root = shutil.copytree(reproduced[0], tmp_path / "repo", symlinks=True)
+@in_background
+def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(tmp_path, two_seed_dvc, trained):
+    root = clone(two_seed_dvc.root, tmp_path / "repo")
     metrics_before = json.loads((root / METRICS).read_text())
     set_param(root, "lifelong.methods.lifequant.ll_lambda", 10.0)
 
     status = json.loads(run(["dvc", "status", "--json"], root).stdout)
-    assert set(status) == {"lifelong@lifequant-w4a4-proxq-0"}, status
+    assert set(status) == LIFELONG_STAGES, status
     assert "lifelong.methods.lifequant" in json.dumps(status)
 
     output = run(["dvc", "repro"], root, timeout=LONG).stdout
@@ -96,9 +86,10 @@ def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(reproduced, tmp_path):
     assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
     assert json.loads((root / METRICS).read_text()) != metrics_before
 
-    # Snakemake agrees: once it has run everything (and recorded its params), the same kind of
-    # edit plans exactly lifelong and evaluate.
-    run(["snakemake", "--cores", "2", "--forceall", "all"], root, timeout=LONG)
+    # Snakemake agrees: once it has run everything (and recorded its params: a clone of the shared
+    # run `trained`, made by Snakemake alone), the same kind of edit plans exactly lifelong and
+    # evaluate.
+    root = clone(trained, tmp_path / "snakemake")
     assert planned_jobs(root, "all") == {}
     set_param(root, "lifelong.methods.lifequant.ll_lambda", 1.0)
     assert planned_jobs(root, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}

@@ -17,7 +17,8 @@ from lq.quant.functions import pow2_exponent_range
 from lq.quant.levels import pow2_layers
 from lq.train import spec
 from lq.train.data import Batches, load_bank
-from tests.conftest import planned_jobs, run, set_param, tool_env
+from tests.conftest import new_project, planned_jobs, run, set_param, tool_env
+from tests.integration.conftest import in_background
 
 pytestmark = pytest.mark.integration
 BITS = 3
@@ -37,10 +38,14 @@ def oneshot_accuracy(project, bits: str) -> float:
     return accuracy(model, Batches(bank, bank.rows(test0, "test0"), 100, shuffle=False))[0]
 
 
-def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(project):
+@in_background
+def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(tmp_path):
+    # Its body runs with the shared runs (conftest.py), Snakemake on one core: one thread per
+    # training job, the same for the uninterrupted and the resumed run.
+    project = new_project(tmp_path / "repo")
     for key, value in SHORT.items():
         set_param(project, key, value)
-    out = run(["snakemake", "--cores", "2", "all"], project, timeout=1800).stdout
+    out = run(["snakemake", "--cores", "1", "all"], project, timeout=1800).stdout
     qat8_log = (project / "logs" / "qat8-inq-0.log").read_text()
     assert "task 0 inq 0.5 (1/2) epoch 1/1" in qat8_log and "task 0 inq 0.75 (2/2) epoch 1/1" in qat8_log
     lifelong_log = (project / "logs" / "lifelong-finetune-w3a32-inq-0.log").read_text()
@@ -73,16 +78,16 @@ def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(project):
     cell = project / "models" / "seed0" / "inq" / f"finetune-w{BITS}a32"
     uninterrupted = {p.name: p.read_bytes() for p in sorted(cell.glob("task*.pt"))}
     target = str((cell / "MANIFEST.json").relative_to(project))
-    killed = subprocess.run(["snakemake", "--cores", "2", "--forcerun", target, "--", target], cwd=project,
+    killed = subprocess.run(["snakemake", "--cores", "1", "--forcerun", target, "--", target], cwd=project,
                             env={**tool_env(), "LQ_TEST_KILL_AFTER": "1:1:0:1"}, capture_output=True, text=True,
                             timeout=900)
     assert killed.returncode != 0 and not (cell / "task2.pt").exists(), killed.stdout[-2000:] + killed.stderr[-2000:]
-    run(["snakemake", "--cores", "2", "--rerun-incomplete", target], project)
+    run(["snakemake", "--cores", "1", "--rerun-incomplete", target], project)
     log = (project / "logs" / f"lifelong-finetune-w{BITS}a32-inq-0.log").read_text()
     assert "task 0 already finished in an earlier run" in log and "task 1: resuming after epoch 1" in log
     assert "task 1 inq 0.5 (1/2) epoch 1/1" not in log  # phase 0 of task 1 is not trained again
     assert {p.name: p.read_bytes() for p in sorted(cell.glob("task*.pt"))} == uninterrupted
-    run(["snakemake", "--cores", "2", "all"], project)
+    run(["snakemake", "--cores", "1", "all"], project)
 
     # INQ's settings are the INQ cells' own, in both tools
     assert planned_jobs(project, "all") == {}

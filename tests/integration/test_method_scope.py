@@ -7,16 +7,19 @@ import json
 import pytest
 
 from tests.conftest import planned_jobs, run, set_param
+from tests.integration.conftest import LONG, clone, in_background
 
 pytestmark = pytest.mark.integration
-TINY = {"pretrain.epochs": 1, "pretrain.milestones": [1], "qat8.epochs": 1, "qat8.milestones": [1],
-        "lifelong.epochs": 1, "lifelong.milestones": [1], "grid.method": ["lifequant", "ewc"]}
 
 
-def test_editing_one_methods_lambda_reruns_only_its_cells_in_both_tools(project):
-    for key, value in TINY.items():
-        set_param(project, key, value)
-    run(["snakemake", "--cores", "2", "all"], project, timeout=1800)
+@in_background
+def test_editing_one_methods_lambda_reruns_only_its_cells_in_both_tools(tmp_path, two_seed_snakemake):
+    # A two-method grid on seed 0, from a clone of the shared two-seed run (conftest.py: short
+    # training, lifequant made by Snakemake): the run adds ewc's cell.
+    project = clone(two_seed_snakemake.root, tmp_path / "repo")
+    set_param(project, "grid.method", ["lifequant", "ewc"])
+    set_param(project, "grid.seed", [0])
+    run(["snakemake", "--cores", "1", "all"], project, timeout=LONG)
     assert planned_jobs(project, "all") == {}
     run(["git", "commit", "-qam", "tiny two-method grid"], project)
     run(["dvc", "commit", "-f", "-q"], project)

@@ -1,15 +1,15 @@
 """The training half of the pipeline (pretrain, qat8, lifelong, evaluate) on the embedded digits.
 
-Real Snakemake, DVC and `python -m lq` on copies of the repository: accuracy on the default
-configuration, checkpoint checks, the lifelong stage's blindness to test data, and resuming a
+Real Snakemake, DVC and `python -m lq` on copies of the repository: accuracy of the default FP32
+and w8a8 training, checkpoint checks, the lifelong stage's blindness to test data, and resuming a
 killed lifelong stage (LQ_TEST_KILL_AFTER) to the bit-identical result of an uninterrupted run.
+The runs they start from (`trained_upstream`, `trained`) are shared: tests/integration/conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,44 +21,22 @@ import torch
 from lq.errors import LqError
 from lq.pipeline import stage_by_name
 from lq.train import checkpoint, spec
-from tests.conftest import (CELL_AXES, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, job_stats, new_project, run,
-                            set_param, tool_env)
+from tests.conftest import CELL_AXES, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, job_stats, run, tool_env
+from tests.integration.conftest import LONG, UPSTREAM_STAGES, clone, in_background
 
 pytestmark = pytest.mark.integration
 
 STAGES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate"]
-# Everything `lifelong` needs: with these made, a run of METRICS is lifelong + evaluate.
-UPSTREAM_OUTPUTS = ["data/store/MANIFEST.json", "data/split/MANIFEST.json", "data/replay/MANIFEST.json",
-                    "data/counts/lifequant/MANIFEST.json", QAT8]
-UPSTREAM_STAGES = ["download", "split", "replay", "count", "pretrain", "qat8"]
-# Short training for the resume tests. The lifelong milestone (2) falls after the kill points, so
-# a resume that lost the scheduler state would train epoch 3 at the wrong learning rate.
-# CPU: bit-identical results are promised on CPU only (CUDA kernels may be nondeterministic).
-SHORT = {
-    "train.device": "cpu",
-    "pretrain.epochs": 3, "pretrain.milestones": [2],
-    "qat8.epochs": 2, "qat8.milestones": [1],
-    "lifelong.epochs": 3, "lifelong.milestones": [2],
-}
 # Snakemake runs lifelong and evaluate with OMP_NUM_THREADS = their threads (cpus, capped by
-# --cores 2); DVC runs them with PyTorch's default. Results compared bit for bit across the two
-# tools must use the same thread count (float reductions may split differently).
-SNAKEMAKE_THREADS = str(min(2, *(stage_by_name(s).resources["cpus"] for s in ("lifelong", "evaluate"))))
+# --cores, 1 in these tests and in the shared runs); DVC runs them with the OMP_NUM_THREADS it is
+# given. Results compared bit for bit across the two tools must use the same thread count (float
+# reductions may split differently).
+CORES = 1
+SNAKEMAKE_THREADS = str(min(CORES, *(stage_by_name(s).resources["cpus"] for s in ("lifelong", "evaluate"))))
 DVC_ENV = {"OMP_NUM_THREADS": SNAKEMAKE_THREADS, "MKL_NUM_THREADS": SNAKEMAKE_THREADS}
-# Generous limit for training runs: ~1 min each on an idle 2-core machine, but much longer when
-# other jobs compete for the cores (PyTorch's spinning threads degrade badly when oversubscribed).
-LONG = 3600
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-
-def clone(src: Path, dest: Path) -> Path:
-    """A full copy of a project that has run (git, DVC and Snakemake state, outputs, mtimes)."""
-    shutil.copytree(src, dest, symlinks=True)
-    return dest
-
 
 def run_with_env(cmd: list[str], cwd: Path, extra: dict[str, str],
                  timeout: int = 900) -> subprocess.CompletedProcess:
@@ -137,20 +115,14 @@ def assert_resume_state_gone(root: Path) -> None:
     assert not folder.exists() or not any(folder.iterdir()), f"left behind: {list(folder.iterdir())}"
 
 
-# --- one full default run, shared ----------------------------------------------------------------
+# --- one run with the default FP32 and w8a8 training, shared -------------------------------------
+# `trained`: every stage through Snakemake, FP32 and w8a8 with the default parameters (digits,
+# 15 + 5 epochs), the lifelong stage short (3 epochs per task; the thresholds below are on the
+# FP32 and w8a8 models only). Read here; a test that runs a tool there works on a clone.
 
 @pytest.fixture(scope="module")
-def default_run(tmp_path_factory) -> Path:
-    """The default parameters (digits, 15 + 5 + 3x10 epochs) through `snakemake --cores 2 all`."""
-    root = new_project(tmp_path_factory.mktemp("default") / "repo")
-    out = run(["snakemake", "--cores", "2", "all"], root, timeout=LONG)
-    assert job_stats(out.stdout + out.stderr) == {**{s: 1 for s in STAGES}, "aggregate": 1, "all": 1}
-    return root
-
-
-@pytest.fixture(scope="module")
-def metrics(default_run) -> dict:
-    return json.loads((default_run / METRICS).read_text())
+def metrics(trained) -> dict:
+    return json.loads((trained / METRICS).read_text())
 
 
 def test_fp32_is_far_above_chance_on_task0_and_w8a8_stays_close(metrics):
@@ -196,9 +168,9 @@ def test_w4_model_is_between_an_eighth_and_a_quarter_of_fp32(metrics):
     assert fp32 / 8 <= size < fp32 / 4, (size, fp32)
 
 
-def test_lifelong_folder_holds_a_safe_loadable_checkpoint_per_task(default_run):
-    folder = default_run / LIFELONG
-    T = num_tasks(default_run)
+def test_lifelong_folder_holds_a_safe_loadable_checkpoint_per_task(trained):
+    folder = trained / LIFELONG
+    T = num_tasks(trained)
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["MANIFEST.json", *(f"task{t}.pt" for t in range(T))]  # the manifest: lq/manifest.py
     for t in range(T):
@@ -223,23 +195,25 @@ def test_lifelong_folder_holds_a_safe_loadable_checkpoint_per_task(default_run):
             assert any(v.sum() > 0 for v in importance.values())
 
 
-def test_dvc_metrics_show_lists_average_accuracy(default_run, metrics):
-    run(["dvc", "commit", "-f"], default_run)
-    assert "Data and pipelines are up to date." in run(["dvc", "status"], default_run).stdout
-    table = run(["dvc", "metrics", "show"], default_run).stdout
+def test_dvc_metrics_show_lists_average_accuracy(trained, metrics, tmp_path):
+    root = clone(trained, tmp_path / "repo")
+    run(["dvc", "commit", "-f"], root)
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
+    table = run(["dvc", "metrics", "show"], root).stdout
     assert METRICS in table and "average_accuracy" in table
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], default_run).stdout)
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], root).stdout)
     data = shown[""]["data"][METRICS]["data"]  # "" = the workspace
     assert data["average_accuracy"] == metrics["average_accuracy"]
 
 
-def test_evaluate_refuses_a_checkpoint_of_another_bit_width(default_run, tmp_path):
+def test_evaluate_refuses_a_checkpoint_of_another_bit_width(trained, tmp_path):
+    root = clone(trained, tmp_path / "repo")
     cmd = ["python", "-m", "lq", "evaluate", "--store", "data/store", "--split", "data/split",
            "--pretrain", PRETRAIN, "--qat8", QAT8, "--lifelong", LIFELONG,
            "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.csv"),
            "--figure", str(tmp_path / "f.png"), "--params", "params.yaml",
            *(a.replace("bits=w4a4", "bits=w8a8") for a in CELL_AXES)]
-    proc = run(cmd, default_run, check=False)
+    proc = run(cmd, root, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     message = proc.stderr
     assert "weight_bits = 4" in message and "weight_bits = 8" in message
@@ -248,8 +222,8 @@ def test_evaluate_refuses_a_checkpoint_of_another_bit_width(default_run, tmp_pat
     assert not (tmp_path / "m.json").exists()
 
 
-def test_checkpoint_load_refuses_another_architecture(default_run):
-    path = default_run / LIFELONG / "task0.pt"
+def test_checkpoint_load_refuses_another_architecture(trained):
+    path = trained / LIFELONG / "task0.pt"
     assert checkpoint.load(path, {"arch": "resnet20", "weight_bits": 4}, describe=spec.describe)
     with pytest.raises(LqError) as info:
         checkpoint.load(path, {"arch": "mobilenetv2"}, describe=spec.describe)
@@ -281,8 +255,9 @@ def garble_test_splits(split: Path, num_classes: int) -> None:
         assert not pd.read_csv(path).equals(before)
 
 
-def test_lifelong_never_reads_test_data(default_run, tmp_path):
-    root = clone(default_run, tmp_path / "repo")
+@in_background
+def test_lifelong_never_reads_test_data(tmp_path, trained_upstream):
+    root = clone(trained_upstream, tmp_path / "repo")
 
     def lifelong(out: str, curve: str) -> subprocess.CompletedProcess:
         # one OpenMP thread: the same result either way, and no collapse when the cores are busy
@@ -310,36 +285,14 @@ def test_lifelong_never_reads_test_data(default_run, tmp_path):
 
 # --- killed and resumed lifelong stage -----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory) -> Path:
-    """A project (short training) with every stage before lifelong made by Snakemake.
+# Each kill and rerun works on its own clone of `trained_upstream` (every stage before lifelong
+# made by Snakemake, not committed to DVC) and ends with the result of `trained`, the same project
+# finished without interruption (both shared: conftest.py).
 
-    Not committed to DVC here: `dvc commit` rewrites committed files (new mtimes), after which
-    Snakemake would see the FP32 checkpoint as newer than the qat8 curve and rerun qat8.
-    """
-    root = new_project(tmp_path_factory.mktemp("upstream") / "repo")
-    for key, value in SHORT.items():
-        set_param(root, key, value)
-    run(["git", "commit", "-qam", "short training"], root)
-    run(["snakemake", "--cores", "2", *UPSTREAM_OUTPUTS], root, timeout=LONG)
-    return root
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(upstream, tmp_path_factory) -> Path:
-    """The reference: lifelong + evaluate from `upstream`, never interrupted."""
-    root = clone(upstream, tmp_path_factory.mktemp("uninterrupted") / "repo")
-    out = run(["snakemake", "--cores", "2", METRICS], root, timeout=LONG)
-    assert job_stats(out.stdout + out.stderr) == {"lifelong": 1, "evaluate": 1}
-    assert "resuming" not in out.stdout + out.stderr
-    assert_resume_state_gone(root)
-    return root
-
-
-def test_snakemake_kill_in_task1_then_rerun_incomplete_resumes_bit_identical(upstream, uninterrupted,
-                                                                              tmp_path):
-    root = clone(upstream, tmp_path / "repo")
-    killed = run_with_env(["snakemake", "--cores", "2", METRICS], root,
+@in_background
+def test_snakemake_kill_in_task1_then_rerun_incomplete_resumes_bit_identical(tmp_path, trained_upstream, trained):
+    root = clone(trained_upstream, tmp_path / "repo")
+    killed = run_with_env(["snakemake", "--cores", str(CORES), METRICS], root,
                           {"LQ_TEST_KILL_AFTER": "1:1:2"}, timeout=LONG)
     assert killed.returncode != 0, killed.stdout + killed.stderr
     assert not (root / LIFELONG / "task2.pt").exists()
@@ -349,19 +302,20 @@ def test_snakemake_kill_in_task1_then_rerun_incomplete_resumes_bit_identical(ups
     assert (last["task"], last["epoch"]) == (1, 0), "killed in task 1's second epoch: last save is its first"
     assert (resume / "task0.pt").exists() and not (resume / "task1.pt").exists()
 
-    rerun = run(["snakemake", "--cores", "2", "--rerun-incomplete", METRICS], root,
+    rerun = run(["snakemake", "--cores", str(CORES), "--rerun-incomplete", METRICS], root,
                 timeout=LONG)
     assert job_stats(rerun.stdout + rerun.stderr) == {"lifelong": 1, "evaluate": 1}
     log = (root / "logs" / "lifelong-lifequant-w4a4-proxq-0.log").read_text()
     assert "task 0 already finished in an earlier run" in log
     assert "task 1: resuming after epoch 1" in log
     assert "task 0 epoch 1/3" not in log and "task 1 epoch 1/3" not in log
-    assert_same_lifelong_result(root, uninterrupted)
+    assert_same_lifelong_result(root, trained)
     assert_resume_state_gone(root)
 
 
-def test_dvc_repro_kill_in_task2_then_repro_resumes_bit_identical(upstream, uninterrupted, tmp_path):
-    root = clone(upstream, tmp_path / "repo")
+@in_background
+def test_dvc_repro_kill_in_task2_then_repro_resumes_bit_identical(tmp_path, trained_upstream, trained):
+    root = clone(trained_upstream, tmp_path / "repo")
     run(["dvc", "commit", "-f", *UPSTREAM_STAGES], root)  # DVC adopts what Snakemake made
     killed = run_with_env(["dvc", "repro"], root, {**DVC_ENV, "LQ_TEST_KILL_AFTER": "2:0:1"}, timeout=LONG)
     assert killed.returncode != 0, killed.stdout + killed.stderr
@@ -379,6 +333,6 @@ def test_dvc_repro_kill_in_task2_then_repro_resumes_bit_identical(upstream, unin
     assert "task 0 already finished in an earlier run" in output
     assert "task 1 already finished in an earlier run" in output
     assert "task 2 epoch 1/3" in output and "task 1 epoch" not in output
-    assert_same_lifelong_result(root, uninterrupted)
+    assert_same_lifelong_result(root, trained)
     assert_resume_state_gone(root)
     assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
