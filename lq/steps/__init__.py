@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lq import checks
 from lq import config as lqconfig
-from lq import grid
+from lq import grid, workspace
 from lq.errors import LqError
 from lq.pipeline import Stage, stage_by_name
 
@@ -77,6 +77,9 @@ def step(name: str, argv: list[str], description: str | None,
     stage = stage_by_name(name)
     args = parser_for(stage, description).parse_args(argv)
     try:
+        owner = workspace.acquire()  # refused while another tool's run owns this workspace
+        if owner:
+            workspace.own_for_children(owner)  # torchrun's workers act for the same run
         params = load_stage_params(stage, args)
         if "train.nproc" in stage.params and relaunched(name, argv, params["train.nproc"]):
             return 0

@@ -50,6 +50,8 @@ PRIORITY = [
     "test_dvc_repro_kill_in_task2_then_repro_resumes_bit_identical",
     "test_snakemake_kill_in_task1_then_rerun_incomplete_resumes_bit_identical",
     "test_lifelong_never_reads_test_data",
+    "test_dvc_and_a_step_by_hand_are_refused_while_snakemake_runs",
+    "test_snakemake_is_refused_while_dvc_repro_runs",
     "test_a_silently_damaged_checkpoint_stops_evaluate_with_the_lifelong_rerun_command",
     "test_snakemake_reruns_lifelong_when_a_checkpoint_inside_its_folder_is_deleted",
     "test_dvc_flags_a_deleted_checkpoint_and_a_forced_evaluate_names_lifelong",
@@ -219,6 +221,7 @@ def _needed(item: pytest.Item) -> set[str]:
     return {name for name in getattr(item, "fixturenames", ()) if name in _BUILDERS} | ({body} if body else set())
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k deselect: only the selected tests' runs start
 def pytest_collection_modifyitems(session, config, items):
     """Tests that need no shared run first (integration, then unit), the others last, ordered by
     the last run they need, a module's tests staying together."""

@@ -3,11 +3,12 @@
 import re
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from lq import checks
 from lq import config as lqconfig
-from lq import grid
+from lq import grid, overlay, workspace
 from lq.errors import LqError
 from lq.pipeline import fill, load_table, placeholders
 
@@ -22,6 +23,9 @@ except LqError as exc:
 validate(PARAMS, "../schemas/params.schema.yaml")
 
 PARAMS_FILE, STAGES = load_table()
+# What an overlay (--configfile, --config) changes in params.yaml: written through before the
+# first job (onstart), so that params.yaml, and what DVC records from it, describe the outputs.
+OVERLAY = overlay.differences(lqconfig.read_yaml(PARAMS_FILE), config)
 GRID = {name: [str(v) for v in PARAMS["grid"][name]] for name in grid.AXES}
 
 
@@ -64,12 +68,34 @@ FINAL_OUTPUTS = [
 ]
 
 
+CLAIM = []  # the workspace claim of this run, once it starts
+
+
 onstart:
-    # train.device = cuda on a machine without CUDA fails here, before the first job. Only when
-    # this machine runs the jobs (a cluster's submit host may have no GPU while its nodes do),
-    # and not for --touch, which runs nothing.
-    if workflow.local_exec and not workflow.touch:
-        try:
+    # Runs only when there are jobs to run (never for -n), before any output is deleted.
+    try:
+        # train.device = cuda on a machine without CUDA fails here, before the first job. Only when
+        # this machine runs the jobs (a cluster's submit host may have no GPU while its nodes do),
+        # and not for --touch, which runs nothing.
+        if workflow.local_exec and not workflow.touch:
             checks.check_device(PARAMS["train"]["device"])
-        except LqError as exc:
-            raise WorkflowError(str(exc)) from None
+        if workflow.is_main_process:
+            # This run owns the workspace until it ends (DVC's lock and lq's lease): DVC started
+            # meanwhile is refused before it deletes anything, as is this run while DVC runs.
+            CLAIM.append(workspace.SnakemakeClaim())
+            if OVERLAY:
+                overlay.write_through(PARAMS_FILE, OVERLAY)
+                logger.info(f"lq: wrote the overlay into {PARAMS_FILE}, which now describes what this run "
+                            f"makes (and what `dvc commit` records): {overlay.describe(OVERLAY)}")
+    except LqError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+onsuccess:
+    for claim in CLAIM:
+        claim.release()
+
+
+onerror:
+    for claim in CLAIM:
+        claim.release()

@@ -7,6 +7,9 @@ table reads the evaluate stage's metrics: `fp32_task0_accuracy`, `w8a8_oneshot_t
 (the FP32 model on the b-bit levels, no retraining) and `w8a8_task0_accuracy` (after INQ).
 
     python workflow/scripts/inq_task0.py --cores 2 --seeds 0 1 2     # the table on stdout, logs in logs/inq_task0.log
+
+Each setting is a Snakemake `--config` overlay, which Snakemake writes into params.yaml (so the
+workspace ends on the last setting; `git checkout params.yaml` goes back).
 """
 
 from __future__ import annotations
