@@ -1,9 +1,11 @@
 # Shared set-up: validate params.yaml (with the preset applied) and load the stage table.
 
+import os
 import re
 from pathlib import Path
 
 from snakemake.logging import logger
+from snakemake.resources import Resource
 from snakemake.utils import validate
 
 from lq import checks
@@ -23,6 +25,16 @@ except LqError as exc:
 validate(PARAMS, "../schemas/params.schema.yaml")
 
 PARAMS_FILE, STAGES = load_table()
+
+# Never more threads at once than this machine has: `--cores 8` on a 2-core machine would run
+# four 2-thread training jobs side by side, and OpenMP's spin-waiting then slows each many times
+# over (an epoch from 1.4 s to 12-90 s). Jobs run here: capped at the CPUs this process may use.
+# A cluster's jobs (another executor) get their cores from their own allocation.
+MACHINE_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+if workflow.local_exec and workflow.is_main_process and (workflow._cores or 0) > MACHINE_CORES:
+    logger.info(f"lq: --cores {workflow._cores} is more than this machine's {MACHINE_CORES} CPUs: "
+                f"running at most {MACHINE_CORES} threads at once")
+    workflow.global_resources["_cores"] = Resource("_cores", MACHINE_CORES)
 # What an overlay (--configfile, --config) changes in params.yaml: written through before the
 # first job (onstart), so that params.yaml, and what DVC records from it, describe the outputs.
 OVERLAY = overlay.differences(lqconfig.read_yaml(PARAMS_FILE), config)
