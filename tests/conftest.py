@@ -35,6 +35,7 @@ def tool_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
+    env.pop("LQ_WORKSPACE_OWNER", None)  # a run's owner is for its own children (lq/workspace.py)
     env["PYTHONHASHSEED"] = "0"
     return env
 

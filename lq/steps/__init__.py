@@ -78,9 +78,9 @@ def step(name: str, argv: list[str], description: str | None,
     args = parser_for(stage, description).parse_args(argv)
     try:
         owner = workspace.acquire()  # refused while another tool's run owns this workspace
-        if owner:
-            workspace.own_for_children(owner)  # torchrun's workers act for the same run
         params = load_stage_params(stage, args)
+        if "train.nproc" in stage.params and params["train.nproc"] > 1 and owner:
+            workspace.own_for_children(owner)  # torchrun's workers act for the same run
         if "train.nproc" in stage.params and relaunched(name, argv, params["train.nproc"]):
             return 0
         body(args, params)

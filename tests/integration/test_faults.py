@@ -241,10 +241,12 @@ def test_paths_with_spaces_and_quotes_work_end_to_end(tmp_path):
     set_param(root, "data.source", "folder")
     set_param(root, "data.root", str(images.relative_to(root)))
     set_param(root, "grid.seed", [0])
+    set_param(root, "split.num_tasks", 2)  # the paths are the point: train as little as possible
+    set_param(root, "lifelong.epochs", 1)
     out = subprocess.run(SNAKEMAKE, cwd=root, env=env(), capture_output=True, text=True, timeout=LONG)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     metrics = json.loads((root / METRICS).read_text())
-    assert metrics["num_tasks"] == 3 and 0 <= metrics["average_accuracy"] <= 1
+    assert metrics["num_tasks"] == 2 and 0 <= metrics["average_accuracy"] <= 1
     classes = (root / "data" / "store" / "classes.txt").read_text().split("\n")
     assert "digit 0" in classes
     # DVC runs the same commands (its own quoting) from the same table: the data stages redo

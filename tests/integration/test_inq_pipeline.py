@@ -25,7 +25,8 @@ BITS = 3
 SHORT = {"pretrain.epochs": 2, "pretrain.milestones": [], "qat8.epochs": 1, "qat8.milestones": [],
          "qat8.weight_bits": 5, "qat8.act_bits": 32, "lifelong.epochs": 1, "lifelong.milestones": [],
          "grid.method": ["finetune"], "grid.bits": [f"w{BITS}a32"], "grid.quantizer": ["pow2", "inq"],
-         "quantizers.inq.portions": [0.5, 0.75, 1.0], "quantizers.inq.epochs_per_phase": 1}
+         "quantizers.inq.portions": [0.5, 0.75, 1.0], "quantizers.inq.epochs_per_phase": 1,
+         "split.num_tasks": 2}
 
 
 def oneshot_accuracy(project, bits: str) -> float:
@@ -49,14 +50,14 @@ def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(tmp_path):
     qat8_log = (project / "logs" / "qat8-inq-0.log").read_text()
     assert "task 0 inq 0.5 (1/2) epoch 1/1" in qat8_log and "task 0 inq 0.75 (2/2) epoch 1/1" in qat8_log
     lifelong_log = (project / "logs" / "lifelong-finetune-w3a32-inq-0.log").read_text()
-    assert all(f"task {t} inq 0.75 (2/2) epoch 1/1" in lifelong_log for t in range(3))  # the portions per task
+    assert all(f"task {t} inq 0.75 (2/2) epoch 1/1" in lifelong_log for t in range(2))  # the portions per task
 
     for quantizer in ("pow2", "inq"):
         metrics = json.loads((project / "metrics" / "seed0" / quantizer / f"finetune-w{BITS}a32.json").read_text())
         assert metrics["quantizer"] == quantizer and metrics["w8a8_bits"] == "w5a32"
         assert metrics["w8a8_task0_accuracy"] > 0.5
         assert metrics["w8a8_oneshot_task0_accuracy"] == oneshot_accuracy(project, metrics["w8a8_bits"])
-        model, _ = spec.load(project / "models" / "seed0" / quantizer / f"finetune-w{BITS}a32" / "task2.pt",
+        model, _ = spec.load(project / "models" / "seed0" / quantizer / f"finetune-w{BITS}a32" / "task1.pt",
                              torch.device("cpu"))
         layers = pow2_layers(model)
         assert set(metrics["weight_zero_share"]) == set(layers)
@@ -81,7 +82,7 @@ def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(tmp_path):
     killed = subprocess.run(["snakemake", "--cores", "1", "--forcerun", target, "--", target], cwd=project,
                             env={**tool_env(), "LQ_TEST_KILL_AFTER": "1:1:0:1"}, capture_output=True, text=True,
                             timeout=900)
-    assert killed.returncode != 0 and not (cell / "task2.pt").exists(), killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert killed.returncode != 0 and not (cell / "task1.pt").exists(), killed.stdout[-2000:] + killed.stderr[-2000:]
     run(["snakemake", "--cores", "1", "--rerun-incomplete", target], project)
     log = (project / "logs" / f"lifelong-finetune-w{BITS}a32-inq-0.log").read_text()
     assert "task 0 already finished in an earlier run" in log and "task 1: resuming after epoch 1" in log

@@ -115,7 +115,8 @@ def test_a_step_works_for_the_nearest_tool_above_it(tmp_path, monkeypatch):
     assert run_step_owner(tmp_path, "dvc", {workspace.OWNER_ENV: json.dumps(given)}) == given
 
 
-def test_snakemake_takes_dvcs_own_lock_so_dvc_refuses_before_deleting_anything(tmp_path):
+def test_snakemake_takes_dvcs_own_lock_so_dvc_refuses_before_deleting_anything(tmp_path, monkeypatch):
+    monkeypatch.setenv(workspace.OWNER_ENV, "")  # the claim sets it for its children: undone after the test
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     claim = workspace.SnakemakeClaim(tmp_path)
