@@ -47,7 +47,7 @@ def main() -> int:
         base, env = project_copy(Path(tmp))
         (base / "grid.yaml").write_text(grid_overlay(args.seeds))
         upstream = [f"models/seed{s}/proxq/qat8.pt" for s in args.seeds]
-        subprocess.run(["snakemake", "--cores", str(args.cores), "--configfile", "grid.yaml", *upstream],
+        subprocess.run(["snakemake", "--cores", str(args.cores), *upstream, "--configfile", "grid.yaml"],
                        cwd=base, env=env, check=True, capture_output=True)
         for name, extra in SETTINGS.items():
             root = Path(tmp) / name.replace(" ", "_")

@@ -6,7 +6,9 @@ disagreeing about what is up to date. Two locks close that gap:
 
 - A Snakemake run holds DVC's own repository lock (`.dvc/tmp/lock`) from its `onstart`, before
   any output is deleted, to its end: a `dvc` command started meanwhile is refused by DVC before
-  it deletes anything ("Unable to acquire lock"), and Snakemake is refused while DVC runs.
+  it deletes anything ("Unable to acquire lock"), and Snakemake is refused while DVC runs
+  (by DVC's lock between stages; DVC lets it go around each stage's command, where the lease
+  below refuses it).
 - The lq lease (LEASE_FILE) names the run that owns the workspace: that Snakemake process
   (passed to its jobs in LQ_WORKSPACE_OWNER), else the `dvc` process a step runs under, else the
   step itself (run by hand). Every step takes it before it touches a file, and a step of another
