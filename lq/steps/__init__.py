@@ -79,6 +79,7 @@ def step(name: str, argv: list[str], description: str | None,
     try:
         owner = workspace.acquire()  # refused while another tool's run owns this workspace
         params = load_stage_params(stage, args)
+        use_declared_threads(stage)
         if "train.nproc" in stage.params and params["train.nproc"] > 1 and owner:
             workspace.own_for_children(owner)  # torchrun's workers act for the same run
         if "train.nproc" in stage.params and relaunched(name, argv, params["train.nproc"]):
@@ -88,6 +89,16 @@ def step(name: str, argv: list[str], description: str | None,
         print(f"lq {name}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def use_declared_threads(stage: Stage) -> None:
+    """Train on the stage's declared CPUs when nothing set OMP_NUM_THREADS (DVC, a run by hand),
+    as Snakemake does for its jobs: float reductions split by thread count, so both tools then
+    give the same numbers on CPU."""
+    if "train.device" in stage.params and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(stage.resources.get("cpus", 1))
 
 
 def relaunched(name: str, argv: list[str], nproc: int) -> bool:
