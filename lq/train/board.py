@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from lq import runlog
 from lq.atomic import write_text
 
 CURVE_COLUMNS = ["step", "task", "epoch", "loss", "accuracy", "lr"]
@@ -22,11 +23,12 @@ def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 class Board:
-    """TensorBoard scalars per run under runs/<stage>-<cell>/, the event file opened at the first
-    epoch written (so a process that logs nothing, e.g. a non-main DDP rank, leaves none)."""
+    """TensorBoard scalars of this run in a folder of its own, runs/<stage>-<cell>/<run id>/
+    (`lq.runlog`: a rerun never adds points to an earlier run's folder), the event file opened at
+    the first epoch written (so a process that logs nothing, e.g. a non-main DDP rank, leaves none)."""
 
     def __init__(self, run: str):
-        self.log_dir = Path("runs") / run
+        self.log_dir = runlog.tensorboard_dir(run)
         self.writer = None
 
     def epoch(self, row: Mapping[str, Any]) -> None:
