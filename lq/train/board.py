@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pandas as pd
 from lq import runlog
 from lq.atomic import write_text
 
+log = logging.getLogger("lq")
 CURVE_COLUMNS = ["step", "task", "epoch", "loss", "accuracy", "lr"]
 
 
@@ -32,14 +34,21 @@ class Board:
         self.writer = None
 
     def epoch(self, row: Mapping[str, Any]) -> None:
+        if self.writer is False:
+            return
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            try:
+                self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            except OSError as exc:  # not an output: the run goes on without scalars
+                log.warning("no TensorBoard scalars for this run (%s: %s)", exc.strerror or exc, self.log_dir)
+                self.writer = False
+                return
         for key in ("loss", "accuracy", "lr"):
             self.writer.add_scalar(f"train/{key}", row[key], row["step"])
         self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
+        if self.writer:
             self.writer.close()

@@ -96,6 +96,16 @@ def test_a_queued_dvc_experiment_writes_under_the_real_workspace_with_its_name(w
     assert runlog.run_id().endswith("-sunny-bass")
 
 
+def test_a_tensorboard_folder_that_cannot_be_made_only_warns(workspace, caplog):
+    (workspace / "runs").write_text("a file where the folder should be")
+    runlog.new_run()
+    board = Board("pretrain-seed0")
+    board.epoch(rows(range(1, 2), 1.0)[0])
+    board.epoch(rows(range(2, 3), 1.0)[0])
+    board.close()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["no TensorBoard scalars for this run"]
+
+
 def test_outside_dvc_the_folders_are_in_the_current_workspace(workspace, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "odd name/../x")  # never leaves the folder
     run = runlog.new_run()
