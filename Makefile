@@ -33,7 +33,7 @@ test-faults: setup
 
 # the stage graph, as both tools see it
 dag: setup
-	snakemake --rulegraph --quiet all
+	snakemake --rulegraph dot all
 	dvc dag
 
 dvc.yaml: setup

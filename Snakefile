@@ -2,7 +2,7 @@
 # The rules are built from workflow/stages.yaml (the same table dvc.yaml is generated from).
 #   snakemake --cores 8 all            run everything on the configuration in params.yaml
 #   snakemake --config preset=paper    the LifeQuant paper configuration (CIFAR-100-LL)
-#   snakemake --rulegraph | dot -Tsvg  the stage graph
+#   snakemake --rulegraph dot all | dot -Tsvg > docs/rulegraph.svg   the stage graph
 
 from snakemake.utils import min_version
 

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lq.errors import LqError
+
 
 def _clear_leftovers(final: Path) -> None:
     """Remove temporaries of earlier writes of `final` that a kill interrupted (one writer per
@@ -84,3 +86,26 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(paths: list[str | os.PathLike]) -> None:
+    """Refuse, before any work, outputs this process could not write: `atomic_path`/`atomic_dir`
+    create a temporary beside each output (in its folder, made if missing) and rename it into
+    place, and replacing an existing folder output deletes what it holds."""
+    for path in map(Path, paths):
+        folder = path.parent
+        nearest = folder
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
+        if not nearest.is_dir():
+            raise LqError(f"cannot write {path}: {nearest} is a file, not a folder; move it away or "
+                          "choose another output path, then rerun")
+        needed = [nearest]
+        if path.is_dir() and not path.is_symlink():
+            needed += [Path(d) for d, _, _ in os.walk(path)]
+        for place in needed:
+            if not os.access(place, os.W_OK | os.X_OK):
+                made = "" if place == folder or place == path or path in place.parents else \
+                    f" (where {folder} would be made)"
+                raise LqError(f"cannot write {path}: the folder {place}{made} is not writable; make it writable "
+                              f"(chmod u+w '{place}') or choose another output path, then rerun")

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lq import checks
+from lq import atomic, checks, runlog
 from lq import config as lqconfig
 from lq import grid, workspace
 from lq.errors import LqError
@@ -73,12 +72,13 @@ def step(name: str, argv: list[str], description: str | None,
 
     User errors print one clear line (no traceback) and exit 2.
     """
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name}: %(message)s", datefmt="%H:%M:%S")
+    runlog.start(name, argv)  # stderr and this run's own log file, logs/<stage>-<cell>/<id>.log
     stage = stage_by_name(name)
     args = parser_for(stage, description).parse_args(argv)
     try:
         owner = workspace.acquire()  # refused while another tool's run owns this workspace
         params = load_stage_params(stage, args)
+        atomic.check_writable([getattr(args, out.replace("-", "_")) for out in stage.outs])
         use_declared_threads(stage)
         if "train.nproc" in stage.params and params["train.nproc"] > 1 and owner:
             workspace.own_for_children(owner)  # torchrun's workers act for the same run
@@ -86,7 +86,7 @@ def step(name: str, argv: list[str], description: str | None,
             return 0
         body(args, params)
     except LqError as exc:
-        print(f"lq {name}: error: {exc}", file=sys.stderr)
+        runlog.error(f"lq {name}: error: {exc}")
         return 2
     return 0
 

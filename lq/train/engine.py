@@ -39,6 +39,7 @@ from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.distributed import (World, all_reduce_sum, barrier, close, init_lazy_steps, init_world, shard,
                                   sync_buffers, unwrap, wrap)
 from lq.train.plugin import Batch, CrossEntropy, Optimization, Phase, Plugin, StepLoss, TaskContext
+from lq.train.progress import Progress
 from lq.train.settings import Runtime, Schedule
 
 log = logging.getLogger("lq")
@@ -139,6 +140,7 @@ class Engine:
               settings: Mapping[str, Any] | None = None) -> None:
         """Train `model` through `plans` in order, skipping tasks an earlier run finished."""
         plugins = list(plugins) or [CrossEntropy()]
+        self.progress = Progress({plan.index: sum(p.schedule.epochs for p in plan.phases) for plan in plans}, self.history)
         for plan in plans:
             done = self.resume.file(f"task{plan.index}.pt")
             if done.exists():
@@ -159,6 +161,7 @@ class Engine:
             phases = list(plan.phases)
             for plugin in plugins:
                 phases = list(plugin.phases(ctx, phases))
+            self.progress.task(plan.index, [phase.schedule.epochs for phase in phases])
             for index, phase in enumerate(phases):
                 self._train_phase(model, ctx, plugins, phase, index, len(phases))
             # Under torchrun every rank runs the events on identical parameters and DDP-averaged
@@ -204,7 +207,8 @@ class Engine:
         if self.runtime.compile:
             forward = torch.compile(forward)
         loop = Loop(model, forward, plugins, optimizer, self.history, self.world, bf16=bf16, channels_last=cuda,
-                    label=f"task {task}" + (f" {phase.name} ({index + 1}/{count})" if count > 1 else ""))
+                    label=f"task {task}" + (f" {phase.name} ({index + 1}/{count})" if count > 1 else ""),
+                    progress=self.progress.epoch_done)
         for epoch in range(start_epoch, schedule.epochs):
             rows = ctx.rows
             for plugin in plugins:
@@ -260,11 +264,12 @@ class Loop:
 
     def __init__(self, model: nn.Module, forward: Callable, plugins: Sequence[Plugin], optimizer: torch.optim.Optimizer,
                  history: list[dict[str, Any]], world: World, *, bf16: bool = False, channels_last: bool = False,
-                 label: str = "task 0"):
+                 label: str = "task 0", progress: Callable[[], str] | None = None):
         self.model, self.forward, self.plugins, self.optimizer = unwrap(model), forward, list(plugins), optimizer
         self.history, self.world, self.bf16, self.channels_last, self.label = history, world, bf16, channels_last, label
         self.device = next(self.model.parameters()).device
         self.kill_hook = _kill_hook()
+        self.progress = progress  # the stage's epochs done, elapsed time and ETA, for the log line
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -328,8 +333,9 @@ class Loop:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         self.history.append(row)
-        log.info("%s epoch %d/%d: loss %.4f, train accuracy %.4f, lr %g, %d images (%.1fs)", self.label,
-                 epoch + 1, epochs, row["loss"], row["accuracy"], row["lr"], seen, time.perf_counter() - started)
+        log.info("%s epoch %d/%d: loss %.4f, train accuracy %.4f, lr %g, %d images (%.1fs)%s", self.label,
+                 epoch + 1, epochs, row["loss"], row["accuracy"], row["lr"], seen, time.perf_counter() - started,
+                 self.progress() if self.progress else "")
         return row
 
     def _shard(self, x: torch.Tensor) -> torch.Tensor:

@@ -165,3 +165,10 @@ def test_train_nproc_runs_a_stage_on_two_processes_end_to_end(project: Path) -> 
     assert payload["history"][0]["epoch"] == 1
     assert (project / "c.csv").read_text().startswith("step,task,epoch,loss,accuracy,lr")
     assert not any((project / ".lq-resume").rglob("*.pt"))
+    # One run: the launcher and rank 0 share its log, rank 1 has its own; rank 0 alone writes scalars.
+    logs = sorted((p.name for p in (project / "logs" / "pretrain-seed0").iterdir()), key=len)
+    assert len(logs) == 2 and logs[1] == logs[0].replace(".log", "-rank1.log"), logs
+    text = (project / "logs" / "pretrain-seed0" / logs[0]).read_text()
+    assert "relaunching on 2 processes" in text and "epoch 1/1: loss" in text
+    (board,) = (project / "runs" / "pretrain-seed0").iterdir()
+    assert board.name == logs[0].removesuffix(".log") and len(list(board.iterdir())) == 1

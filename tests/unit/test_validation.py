@@ -116,8 +116,9 @@ def _store(folder: Path, classes: int) -> Path:
     return folder
 
 
-def test_split_step_refuses_a_folder_source_that_does_not_move(tmp_path, capsys):
+def test_split_step_refuses_a_folder_source_that_does_not_move(tmp_path, capsys, monkeypatch):
     """A folder's class count is known only once ingested: the split step refuses, writing nothing."""
+    monkeypatch.chdir(tmp_path)  # the step's own log goes to logs/ here, not into the repository
     store, out = _store(tmp_path / "store", 4), tmp_path / "split"
     code = split_step.main(["--store", str(store), "--split", str(out), "--params", str(REPO_ROOT / "params.yaml"),
                             "--set", "data.source=folder", "--set", f"data.root={tmp_path / 'absent'}",
