@@ -84,3 +84,11 @@ def test_the_ptq_registries_name_the_minmax_functions():
     assert PTQ_ACT_QUANTIZERS["minmax"].fn is functions.minmax_act
     assert PTQ_WEIGHT_QUANTIZERS["minmax"].granularity == "channel"
     assert PTQ_ACT_QUANTIZERS["minmax"].granularity == "layer"
+
+
+def test_the_schemas_ptq_enums_are_the_ptq_registries():
+    from lq.config import load_schema
+
+    ptq = load_schema()["properties"]["ptq"]["properties"]
+    assert sorted(ptq["weight_quantizer"]["enum"]) == sorted(PTQ_WEIGHT_QUANTIZERS)
+    assert sorted(ptq["act_quantizer"]["enum"]) == sorted(PTQ_ACT_QUANTIZERS)
