@@ -206,10 +206,11 @@ def test_calibration_rows_refuse_a_table_with_test_images(project):
 
 
 def test_lifelong_sweep_gives_the_matrix_final_row_and_forgetting_per_pair(project, tmp_path):
+    settings = ptq.Settings(weight_bits=(2, 32), act_bits=(4, 32), calibration_images=100, batch_size=128)
     summary = ptq.sweep_lifelong(project / "cell", store=project / "store", split=project / "split",
-                                 replay=project / "replay", settings=SETTINGS)
+                                 replay=project / "replay", settings=settings)
     assert summary["method"] == "finetune" and summary["trained_bits"] == "w4a4" and summary["num_tasks"] == 3
-    assert set(summary["pairs"]) == {ptq.pair_name(w, a) for w, a in SETTINGS.pairs()}
+    assert set(summary["pairs"]) == {ptq.pair_name(w, a) for w, a in settings.pairs()}
     for cell in summary["pairs"].values():
         R = np.array(cell["accuracy_matrix"])
         assert cell["final_row"] == R[-1].tolist()
@@ -217,9 +218,9 @@ def test_lifelong_sweep_gives_the_matrix_final_row_and_forgetting_per_pair(proje
         assert cell["forgetting"] == round(metrics.forgetting(R).mean, 6)
     assert summary["float"]["accuracy_matrix"] == summary["pairs"]["w32a32"]["accuracy_matrix"]
     noisy = ptq.sweep_lifelong(project / "cell", store=project / "noisy", split=project / "split",
-                               replay=project / "replay", settings=SETTINGS)
+                               replay=project / "replay", settings=settings)
     assert noisy["activation_ranges"] == summary["activation_ranges"]
     ptq.write_outputs(summary, grid=tmp_path / "g.json", table=tmp_path / "g.csv", heatmap=tmp_path / "g.png")
     table = np.genfromtxt(tmp_path / "g.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
-    assert len(table) == len(SETTINGS.pairs()) and "forgetting" in table.dtype.names
+    assert len(table) == len(settings.pairs()) and "forgetting" in table.dtype.names
     assert (tmp_path / "g.png").stat().st_size > 0
