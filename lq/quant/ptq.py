@@ -135,6 +135,7 @@ class PtqActivation(nn.Module):
         self.register_buffer("high", torch.tensor(float("-inf")))
         self.observing = False
         self.bits = functions.FULL_PRECISION
+        self._grid: tuple[Tensor, Tensor, int] | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -148,7 +149,25 @@ class PtqActivation(nn.Module):
             return x
         if self.bits == functions.FULL_PRECISION:
             return x
+        if self._grid is not None and not torch.is_grad_enabled():
+            return self._quantize_inplace(x)
         return self.fn(x, self.low.to(x.dtype), self.high.to(x.dtype), self.bits)
+
+    def set_bits(self, bits: int) -> None:
+        """Quantize at `bits` from now on; for the min/max quantizer, fix (s, zp) once."""
+        self.bits = bits
+        self._grid = None
+        if bits != functions.FULL_PRECISION and self.fn is functions.minmax_act:
+            scale, zero_point = functions.asymmetric_params(self.low, self.high, bits)
+            if scale > 0:
+                self._grid = (scale, zero_point, 2**bits - 1)
+
+    def _quantize_inplace(self, x: Tensor) -> Tensor:
+        """`minmax_act` at inference, the same operations in the same order on one new tensor
+        (bit-identical, without the straight-through node and its copies)."""
+        scale, zero_point, top = self._grid
+        s, zp = scale.to(x.dtype), zero_point.to(x.dtype)
+        return torch.div(x, s).round_().add_(zp).clamp_(0, top).sub_(zp).mul_(s)
 
 
 def _is_point(module: nn.Module) -> bool:
@@ -212,7 +231,7 @@ def set_bits(model: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
         elif isinstance(module, PtqActivation):
             if act_bits != functions.FULL_PRECISION and not module.calibrated:
                 raise LqError("calibrate the model before quantizing its activations")
-            module.bits = act_bits
+            module.set_bits(act_bits)
     return model
 
 

@@ -224,3 +224,17 @@ def test_lifelong_sweep_gives_the_matrix_final_row_and_forgetting_per_pair(proje
     table = np.genfromtxt(tmp_path / "g.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     assert len(table) == len(settings.pairs()) and "forgetting" in table.dtype.names
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_the_activation_fast_path_is_minmax_act_bit_for_bit():
+    act = qptq.PtqActivation(qptq.ActQuantPoint(), "minmax")
+    x = torch.randn(4, 8, 5, 5) * 3
+    act.observing = True
+    act(x[:2])
+    act.observing = False
+    for bits in (2, 4, 8):
+        act.set_bits(bits)
+        expected = functions.minmax_act(x, act.low, act.high, bits)
+        with torch.no_grad():
+            assert torch.equal(act(x), expected)
+        assert torch.equal(act(x), expected)  # the straight-through path, with gradients on
