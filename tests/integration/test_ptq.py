@@ -74,3 +74,5 @@ def test_a_ptq_edit_reruns_only_the_ptq_stages_in_both_tools(tmp_path, trained):
     assert "Running stage 'ptq@0'" in out and "Running stage 'lifelong" not in out
     assert json.loads((root / PTQ_PRETRAIN).read_text())["calibration"]["images"] == 64
     assert "Data and pipelines are up to date." in run(["dvc", "status"], root).stdout
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], root).stdout)["data"]
+    assert {"ptq/seed0/pretrain.csv", "ptq/seed0/pretrain.png", f"ptq/{CELL}.csv", f"ptq/{CELL}.png"} <= set(plots)
