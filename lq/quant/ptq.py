@@ -85,13 +85,14 @@ def float_view(model: nn.Module) -> nn.Module:
     activation quantizers their clip (`ActQuantPoint` markers where they were 32-bit). The copy
     shares no tensor with `model`."""
     view = copy.deepcopy(model)
+    device = next(view.parameters()).device
     for name, module in list(view.named_modules()):
         if isinstance(module, (QConv2d, QLinear)):
             plain = module.to_float()
             plain.weight = nn.Parameter(continuous_weight(module.weight_quantizer, module.weight).detach().clone())
             new = plain
         elif isinstance(module, ActQuantizer):
-            new = _activation_view(module)
+            new = _activation_view(module).to(device)
         else:
             continue
         parent, _, child = name.rpartition(".")
@@ -180,11 +181,12 @@ def prepare(view: nn.Module, weight_quantizer: str = "minmax", act_quantizer: st
     for registry, name in ((PTQ_WEIGHT_QUANTIZERS, weight_quantizer), (PTQ_ACT_QUANTIZERS, act_quantizer)):
         if name not in registry:
             raise LqError(f"unknown post-training quantizer '{name}'; allowed: {', '.join(sorted(registry))}")
+    device = next(view.parameters()).device
     for name, module in list(view.named_modules()):
         if type(module) is nn.Conv2d:
             new = PtqConv2d(module, weight_quantizer)
         elif _is_point(module):
-            new = PtqActivation(module, act_quantizer)
+            new = PtqActivation(module, act_quantizer).to(device)
         else:
             continue
         if not name:
