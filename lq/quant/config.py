@@ -103,3 +103,25 @@ class QuantConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PtqQuantizer:
+    """A post-training quantizer: `fn(x, bits)` for weights, `fn(x, low, high, bits)` for
+    activations, whose range [low, high] calibration observes (lq.quant.ptq).
+
+    granularity: 'channel' (one scale per output channel) or 'layer' (one range per layer).
+    """
+
+    fn: Callable[..., Tensor]
+    granularity: str
+
+
+# Post-training quantizers (SPEC 11): min/max observers, no training. `ptq.weight_quantizer` and
+# `ptq.act_quantizer` in params.yaml name an entry; the schema's enums are these keys.
+PTQ_WEIGHT_QUANTIZERS: dict[str, PtqQuantizer] = {
+    "minmax": PtqQuantizer(functions.minmax_weight, granularity="channel"),
+}
+PTQ_ACT_QUANTIZERS: dict[str, PtqQuantizer] = {
+    "minmax": PtqQuantizer(functions.minmax_act, granularity="layer"),
+}

@@ -173,3 +173,82 @@ def lsq_init_step(x: Tensor, bits: int, signed: bool) -> Tensor:
     _, q_p = lsq_bounds(check_bits(bits), signed)
     return (2 * x.detach().abs().mean() / math.sqrt(q_p)).clamp_min(torch.finfo(x.dtype).eps)
 
+
+
+# --- post-training min/max quantizers (SPEC 11) ---------------------------------------------------
+#
+# Weights: symmetric per output channel (dim 0), s_c = max|w_c| / ((2^b - 1) / 2),
+# q = clamp(round(w / s_c), -2^(b-1), 2^(b-1) - 1). Activations: asymmetric per layer from a
+# calibrated range [min, max], s = (max - min) / (2^b - 1), zp = -round(min / s),
+# q = clamp(round(x / s) + zp, 0, 2^b - 1). torch.round rounds half to even. Both dequantize
+# (s q, s (q - zp)) with a straight-through gradient, so a quantized training pass can use them.
+
+MINMAX_MIN_BITS = 2  # a symmetric 1-bit grid {-1, 0} s would not be a sign
+
+
+def _check_minmax_bits(bits: int) -> int:
+    if check_bits(bits) != FULL_PRECISION and bits < MINMAX_MIN_BITS:
+        raise LqError(f"min/max quantizers take {MINMAX_MIN_BITS} to 8 bits, or 32 (float), not {bits}")
+    return bits
+
+
+def _safe(scale: Tensor) -> Tensor:
+    """A zero scale (all-zero channel, constant range) as 1, so nothing divides by zero."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def symmetric_scale(w: Tensor, bits: int) -> Tensor:
+    """s_c = max|w_c| / ((2^b - 1) / 2), one per output channel (dim 0)."""
+    amax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+    return amax / ((2**_check_minmax_bits(bits) - 1) / 2)
+
+
+def _per_channel(scale: Tensor, w: Tensor) -> Tensor:
+    return _safe(scale).reshape(-1, *([1] * (w.dim() - 1)))
+
+
+def symmetric_codes(w: Tensor, scale: Tensor, bits: int) -> Tensor:
+    """The integer codes clamp(round(w / s_c), -2^(b-1), 2^(b-1) - 1) (as a float tensor)."""
+    half = 2 ** (_check_minmax_bits(bits) - 1)
+    return torch.clamp(torch.round(_scaled(w, scale, bits)), -half, half - 1)
+
+
+def _scaled(w: Tensor, scale: Tensor, bits: int) -> Tensor:
+    """w / s_c computed as (w / max|w_c|) ((2^b - 1) / 2), so a channel's extreme lands exactly on
+    +-(2^b - 1)/2, a tie: -max|w_c| -> -2^(b-1) (half to even), +max|w_c| -> 2^(b-1), clamped to
+    2^(b-1) - 1. Dividing by s_c itself would break that tie by float error, channel by channel."""
+    levels = (2**bits - 1) / 2
+    return w / _per_channel(scale * levels, w) * levels
+
+
+def minmax_weight(w: Tensor, bits: int) -> Tensor:
+    """w on its per-output-channel symmetric b-bit grid (dequantized), straight-through."""
+    if _check_minmax_bits(bits) == FULL_PRECISION:
+        return w
+    scale = symmetric_scale(w, bits)
+    half = 2 ** (bits - 1)
+    return torch.clamp(round_ste(_scaled(w, scale, bits)), -half, half - 1) * _per_channel(scale, w)
+
+
+def asymmetric_params(low: Tensor, high: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """(s, zp) = ((max - min) / (2^b - 1), -round(min / s)) of a calibrated range."""
+    scale = (high - low) / (2**_check_minmax_bits(bits) - 1)
+    return scale, -torch.round(low / _safe(scale))
+
+
+def asymmetric_codes(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
+    """The integer codes clamp(round(x / s) + zp, 0, 2^b - 1) (as a float tensor)."""
+    return torch.clamp(torch.round(x / _safe(scale)) + zero_point, 0, 2**_check_minmax_bits(bits) - 1)
+
+
+def minmax_act(x: Tensor, low: Tensor, high: Tensor, bits: int) -> Tensor:
+    """x on the asymmetric b-bit grid of the range [low, high] (dequantized), straight-through.
+
+    A constant range (low = high) maps everything to that value.
+    """
+    if _check_minmax_bits(bits) == FULL_PRECISION:
+        return x
+    scale, zero_point = asymmetric_params(low, high, bits)
+    s = _safe(scale)
+    q = torch.clamp(round_ste(x / s) + zero_point, 0, 2**bits - 1)
+    return torch.where(scale > 0, (q - zero_point) * s, low.to(x.dtype).expand_as(x))

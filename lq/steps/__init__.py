@@ -23,7 +23,8 @@ from lq.pipeline import Stage, stage_by_name
 
 log = logging.getLogger("lq")
 
-STEPS = ("download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate")
+STEPS = ("download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate", "ptq",
+         "ptq_lifelong")
 
 
 def parser_for(stage: Stage, description: str | None) -> argparse.ArgumentParser:

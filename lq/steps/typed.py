@@ -40,3 +40,13 @@ def inq(p: StageParams) -> InqSettings | None:
     s = p["quantizers.inq"]
     return InqSettings(portions=tuple(s["portions"]), partition=s["partition"], epochs_per_phase=s["epochs_per_phase"],
                        milestones=tuple(s["milestones"]))
+
+
+def ptq(p: StageParams):
+    """The PTQ sweep's settings (lq.ptq.Settings); the calibration sample is drawn with the cell's seed."""
+    from lq.ptq import Settings
+
+    return Settings(weight_bits=tuple(p["ptq.weight_bits"]), act_bits=tuple(p["ptq.act_bits"]),
+                    weight_quantizer=p["ptq.weight_quantizer"], act_quantizer=p["ptq.act_quantizer"],
+                    calibration_images=p["ptq.calibration_images"], batch_size=p["train.eval_batch_size"],
+                    device=p["train.device"], seed=p["train.seed"])

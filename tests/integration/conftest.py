@@ -312,7 +312,7 @@ def trained(folder: Path, trained_upstream: Path) -> Path:
     root = clone(trained_upstream, folder / "repo")
     out = run(["snakemake", "--cores", "1", "all"], root, timeout=LONG)
     said = out.stdout + out.stderr
-    assert job_stats(said) == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
+    assert job_stats(said) == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq": 1, "ptq_lifelong": 1, "all": 1}
     assert "resuming" not in said
     resume = root / ".lq-resume"
     assert not resume.exists() or not any(resume.iterdir()), f"left behind: {list(resume.iterdir())}"

@@ -72,7 +72,7 @@ def test_snakemake_reruns_lifelong_when_a_checkpoint_inside_its_folder_is_delete
     metrics = (project / METRICS).read_bytes()
     (project / TASK1).unlink()
     dry = run(["snakemake", "-n", "all"], project).stdout
-    assert planned_jobs(project, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
+    assert planned_jobs(project, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq_lifelong": 1, "all": 1}
     assert f"Missing output files: {TASK1}" in dry
     # The command of the issue now rebuilds the checkpoint first instead of failing.
     run(["snakemake", "--cores", "1", "-R", "evaluate", "all"], project)

@@ -92,7 +92,7 @@ def test_ll_lambda_edit_reruns_only_lifelong_and_evaluate(tmp_path, two_seed_dvc
     root = clone(trained, tmp_path / "snakemake")
     assert planned_jobs(root, "all") == {}
     set_param(root, "lifelong.methods.lifequant.ll_lambda", 1.0)
-    assert planned_jobs(root, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
+    assert planned_jobs(root, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq_lifelong": 1, "all": 1}
 
     # The report of the finished run embeds the comparison table and figures with their captions.
     run(["snakemake", "--report", "report.html"], root)

@@ -23,10 +23,10 @@ def _set_grid(root: Path, **values) -> None:
 GRIDS = [
     ({"method": ["lifequant", "ewc"], "bits": ["w4a4", "w8a8"], "seed": [0, 1]},
      {"download": 1, "split": 1, "replay": 1, "count": 2, "pretrain": 2, "qat8": 2, "lifelong": 8,
-      "evaluate": 8, "aggregate": 1, "all": 1}),
+      "evaluate": 8, "aggregate": 1, "ptq": 2, "ptq_lifelong": 8, "all": 1}),
     ({"method": ["finetune"], "quantizer": ["proxq", "dorefa", "lsq"], "seed": [3, 4]},
      {"download": 1, "split": 1, "replay": 1, "count": 1, "pretrain": 2, "qat8": 6, "lifelong": 6,
-      "evaluate": 6, "aggregate": 1, "all": 1}),
+      "evaluate": 6, "aggregate": 1, "ptq": 2, "ptq_lifelong": 6, "all": 1}),
 ]
 
 
@@ -90,7 +90,7 @@ def test_a_small_grid_runs_and_aggregates_over_seeds(tmp_path, two_seed_snakemak
     _set_grid(project, method=["lifequant", "joint"], seed=[0, 1])
     out = run(["snakemake", "--cores", "1", "all"], project, timeout=LONG)
     assert job_stats(out.stdout + out.stderr) == {"count": 1, "lifelong": 2, "evaluate": 2, "aggregate": 1,
-                                                  "all": 1}
+                                                  "ptq_lifelong": 2, "all": 1}
 
     table = pd.read_csv(project / "results" / "summary.csv")
     assert list(table["method"]) == ["lifequant", "joint"]

@@ -97,7 +97,8 @@ def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(tmp_path):
     run(["dvc", "commit", "-f", "-q"], project)
     run(["snakemake", "--touch", "--cores", "1", "all"], project)
     set_param(project, "quantizers.inq.partition", "random")
-    assert planned_jobs(project, "all") == {"qat8": 1, "lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
+    assert planned_jobs(project, "all") == {"qat8": 1, "lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq_lifelong": 1,
+                                            "all": 1}
     plan = run(["snakemake", "-n", "-p", "all"], project).stdout
     assert all("--axis quantizer=inq" in l for l in plan.splitlines() if "python -m lq qat8" in l or "python -m lq lifelong" in l)
     status = json.loads(run(["dvc", "status", "--json"], project).stdout)

@@ -27,7 +27,7 @@ def test_editing_one_methods_lambda_reruns_only_its_cells_in_both_tools(tmp_path
     assert "Data and pipelines are up to date." in run(["dvc", "status"], project).stdout
 
     set_param(project, "lifelong.methods.ewc.ll_lambda", 1.0)
-    assert planned_jobs(project, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
+    assert planned_jobs(project, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq_lifelong": 1, "all": 1}
     plan = run(["snakemake", "-n", "-p", "all"], project).stdout
     cells = [l for l in plan.splitlines() if "python -m lq lifelong" in l or "python -m lq evaluate" in l]
     assert len(cells) == 2 and all("--axis method=ewc" in l for l in cells), cells
