@@ -36,6 +36,7 @@ def tool_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
     env.pop("LQ_WORKSPACE_OWNER", None)  # a run's owner is for its own children (lq/workspace.py)
+    env["DVC_NO_ANALYTICS"] = "1"  # no usage-report process after every dvc command
     env["PYTHONHASHSEED"] = "0"
     return env
 

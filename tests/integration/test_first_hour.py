@@ -73,7 +73,8 @@ def test_dvc_plots_show_with_the_offline_template_loads_nothing_from_outside(pag
     assert 'src="https://cdn.jsdelivr.net/npm/vega@5.20.2"' in default  # why the default page is blank offline
     assert not re.search(r"<(script|link|img)[^>]+(src|href)\s*=\s*[\"']?https?:", offline), "the page loads something"
     assert "/* vega@5.20.2 */" in offline and "/* vega-lite@5.2.0 */" in offline and "/* vega-embed@6.18.2 */" in offline
-    assert offline.count("vegaEmbed('#") == 4  # pretrain, qat8 and lifelong curves, average accuracy
+    # every plot DVC's own page would draw (the curves, average accuracy, PTQ grids), no fewer
+    assert offline.count("vegaEmbed('#") == default.count("vegaEmbed('#") >= 4
     assert len(list((pages[0].parent / "static").glob("*.png"))) == 4  # the PNG figures, copied beside it
 
 
@@ -81,7 +82,7 @@ def test_dvc_plots_show_with_the_offline_template_loads_nothing_from_outside(pag
                                                "(test_dvc_plots_show_with_the_offline_template_loads_nothing_from_outside checks the page)")
 def test_the_offline_page_draws_every_plot_without_a_network(pages):
     offline, default = pages
-    assert render_offline(offline).count('class="vega-embed') == 4
+    assert render_offline(offline).count('class="vega-embed') == offline.read_text().count("vegaEmbed('#") >= 4
     assert render_offline(default).count('class="vega-embed') == 0  # the plain page draws nothing offline
 
 
