@@ -12,8 +12,9 @@ def main(argv: list[str]) -> int:
         recipe = lifelong.LifelongRecipe(
             p.run_name, typed.runtime(p), p["model.arch"], typed.schedule(p, "lifelong"), dict(p),
             quant=typed.quant(p, "lifelong"), inq=typed.inq(p), method=method, method_settings=p[f"lifelong.methods.{method}"],
-            replay_in_pool=p["lifelong.replay_in_pool"], act_range=p["model.act_range"], cell=p.cell)
+            replay_in_pool=p["lifelong.replay_in_pool"], act_range=p["model.act_range"], cell=p.cell,
+            coreset=typed.coreset(p), **typed.data_noise(p))
         lifelong.run(recipe, store=args.store, split=args.split, replay=args.replay, counts=args.counts,
-                         init=args.init, out=args.models, curve=args.curve)
+                     init=args.init, out=args.models, curve=args.curve, timing=args.timing)
 
     return step("lifelong", argv, __doc__, body)

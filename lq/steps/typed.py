@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lq.config import StageParams
 from lq.quant.config import QuantConfig
+from lq.train.coreset import CoresetSettings
 from lq.train.inq import InqSettings
 from lq.train.settings import Runtime, Schedule
 
@@ -40,3 +41,14 @@ def inq(p: StageParams) -> InqSettings | None:
     s = p["quantizers.inq"]
     return InqSettings(portions=tuple(s["portions"]), partition=s["partition"], epochs_per_phase=s["epochs_per_phase"],
                        milestones=tuple(s["milestones"]))
+
+
+def coreset(p: StageParams) -> CoresetSettings:
+    """`coreset.*`: the selector qat8 and every lifelong task train with (full: none)."""
+    return CoresetSettings(selector=p["coreset.selector"], fraction=p["coreset.fraction"], every=p["coreset.every"],
+                           schedule=p["coreset.schedule"])
+
+
+def data_noise(p: StageParams) -> dict:
+    """The recipe fields of `data.label_noise`: the share flipped and the data seed that picks them."""
+    return {"label_noise": p["data.label_noise"], "data_seed": p["seed"]}

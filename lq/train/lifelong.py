@@ -12,8 +12,8 @@ import torch
 
 from lq.io import read_json, task_count
 from lq.methods import create_method
-from lq.train.engine import Engine, TaskPlan
-from lq.train.recipes import QatRecipe
+from lq.train.engine import TaskPlan
+from lq.train.recipes import QatRecipe, coreset_record
 from lq.train.spec import bits_label
 
 
@@ -38,15 +38,14 @@ def class_weights(path: Path, num_classes: int) -> torch.Tensor:
 
 
 def run(recipe: LifelongRecipe, *, store: Path, split: Path, replay: Path, counts: Path, init: Path,
-             out: Path, curve: Path) -> None:
+        out: Path, curve: Path, timing: Path | None = None) -> None:
     """k-bit lifelong QAT over tasks 0..T-1 in order (SPEC 6.3 and 7).
 
     Task 0 starts from the `init` model, task t from the model after task t-1. The pool of task t
     is the method's (`Method.pool`): train_t plus the replay sets of earlier tasks for the paper's
     methods. The stage never reads a test split: evaluation is its own stage.
     """
-    engine = Engine(recipe.run, recipe.runtime, store, identity=recipe.identity,
-                    inputs=[store, split, replay, counts, init])
+    engine = recipe.engine(store, [store, split, replay, counts, init])
     method = create_method(recipe.method, recipe.method_settings)
     model = engine.model_from(init, engine.model_spec(recipe.arch), recipe.quant, stage="lifelong", method=recipe.method)
     num_tasks, num_classes = task_count(split), len(engine.bank.classes)
@@ -62,5 +61,9 @@ def run(recipe: LifelongRecipe, *, store: Path, split: Path, replay: Path, count
                 "bits": bits_label(recipe.quant)}
     # INQ (if any) first: its last portion quantizes the model before the method's after_task
     # (SI and RWalk close their path integrals there), so every method sees the quantized model.
-    engine.train(model, plans, [*recipe.quantization_plugins(), method], settings)
-    engine.finish(model, curve, task_dir=out, tasks=num_tasks, made_by=("lifelong", recipe.cell))
+    # The coreset selector first (it only chooses rows); DS compares with the model each task
+    # starts from (reference None): no full-precision model knows a new task's classes.
+    plugins = [*recipe.coreset_plugins(engine), *recipe.quantization_plugins(), method]
+    engine.train(model, plans, plugins, settings)
+    engine.finish(model, curve, task_dir=out, tasks=num_tasks, made_by=("lifelong", recipe.cell), timing=timing,
+                  record=coreset_record(recipe, plugins))

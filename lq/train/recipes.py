@@ -82,13 +82,14 @@ def qat(recipe: QatRecipe, *, store: Path, split: Path, init: Path, out: Path, c
     reference = spec.load(init, engine.device)[0].eval() if recipe.coreset and recipe.coreset.active else None
     plugins = [*recipe.coreset_plugins(engine, reference), *recipe.quantization_plugins()]
     engine.train(model, [TaskPlan(0, engine.table(split / "train0.csv"), recipe.phases)], plugins)
-    engine.finish(model, curve, out=out, timing=timing, record=_coreset_record(recipe, plugins))
+    engine.finish(model, curve, out=out, timing=timing, record=coreset_record(recipe, plugins))
 
 
-def _coreset_record(recipe: QatRecipe, plugins: list[Plugin]) -> dict[str, Any]:
+def coreset_record(recipe: QatRecipe, plugins: list[Plugin]) -> dict[str, Any]:
     """What the timing file says about the selector and its rounds (selected, flipped per round)."""
     s = recipe.coreset or CoresetSettings()
-    record: dict[str, Any] = {"coreset": s.selector, "fraction": 1.0 if not s.active else s.fraction}
+    record: dict[str, Any] = {"coreset": s.selector, "fraction": 1.0 if not s.active else s.fraction,
+                              "label_noise": recipe.label_noise}
     for plugin in plugins:
         if isinstance(plugin, Coreset):
             record.update(every=s.every, schedule=s.schedule, rounds=plugin.rounds)
