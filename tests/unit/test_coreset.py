@@ -177,3 +177,65 @@ def test_a_sigkill_inside_a_round_resumes_bit_identical(store, tmp_path):
     reference, resumed = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
     assert resumed["rounds"] == reference["rounds"]
     assert all(torch.equal(reference["model"][k], v) for k, v in resumed["model"].items())
+
+
+# --- scored replay --------------------------------------------------------------------------------
+class Logits:
+    """Eval 'batches' whose images are the logits themselves (the model is the identity)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+    def epoch(self, seed=0):
+        yield self.logits, torch.zeros(len(self.logits), dtype=torch.int64)
+
+
+class Fixed(torch.nn.Module):
+    def __init__(self, out: torch.Tensor):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x):
+        return self.out
+
+
+def scored(selection: str, logits: torch.Tensor, labels: list[int], reference: torch.Tensor | None = None):
+    from lq.train.plugin import TaskContext
+    from lq.train.replay_selection import ScoredReplay
+
+    table = pd.DataFrame({"image": [f"train/c/{i}" for i in range(len(labels))], "label": labels})
+    plugin = ScoredReplay(selection, 0.5, [table], rows=lambda t: torch.arange(len(t)),
+                          labels=lambda rows: torch.tensor(labels)[rows], batches=lambda rows: Logits(logits))
+    ctx = TaskContext(task=0, model=torch.nn.Identity(), device=torch.device("cpu"))
+    plugin.before_task(ctx)
+    if reference is not None:  # the model the task started from gave these logits
+        plugin.reference = Fixed(reference)
+    plugin.after_task(ctx)
+    return plugin
+
+
+def test_scored_replay_keeps_the_top_and_the_control_the_bottom_per_class():
+    big = 20.0  # logits this far apart give near one-hot softmax outputs
+    logits = torch.tensor([[big, 0, 0], [0, big, 0], [big, 0, 0], [0, 0, big],    # class 0: rows 0..3
+                           [0, big, 0], [big, 0, 0], [0, big, 0], [0, big, 0]])   # class 1: rows 4..7
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    plugin = scored("evs", logits, labels)
+    # EVS ~ sqrt(2) for the wrong predictions (rows 1, 3 of class 0; row 5 of class 1), ~0 otherwise;
+    # budget round(0.5 * 4) = 2 per class, ties to the earlier row
+    assert plugin.positions["0"].tolist() == [1, 3, 4, 5]
+    assert plugin.chosen(0)["image"].tolist() == ["train/c/1", "train/c/3", "train/c/4", "train/c/5"]
+    low = scored("acs_low", logits, labels)  # identical reference at the task start: DS = 0, EVS decides
+    assert low.positions["0"].tolist() == [0, 2, 4, 6]  # the two right ones per class, earlier rows first
+    state = plugin.state_dict()
+    again = scored("evs", torch.zeros(8, 3), labels)
+    again.load_state_dict(state)
+    assert again.positions["0"].tolist() == [1, 3, 4, 5]
+
+
+def test_scored_replay_ds_compares_with_the_model_the_task_started_from():
+    logits = torch.zeros(4, 2)
+    reference = torch.tensor([[0.0, 0], [9, 0], [0, 9], [0, 0]])  # rows 1, 2 disagree with the uniform output
+    plugin = scored("ds", logits, [0, 0, 1, 1], reference=reference)
+    assert plugin.positions["0"].tolist() == [1, 2]
+    with pytest.raises(LqError, match="not a scored selection"):
+        scored("random", logits, [0, 0, 1, 1])
