@@ -151,9 +151,12 @@ class Engine:
         return spec.convert(model, quant).to(self.device)
 
     # --- the task loop ------------------------------------------------------------------------------
-    def train(self, model: nn.Module, plans: Sequence[TaskPlan], plugins: Sequence[Plugin] = (),
+    def train(self, model: nn.Module, plans: Iterable[TaskPlan], plugins: Sequence[Plugin] = (),
               settings: Mapping[str, Any] | None = None) -> None:
-        """Train `model` through `plans` in order, skipping tasks an earlier run finished."""
+        """Train `model` through `plans` in order, skipping tasks an earlier run finished.
+
+        `plans` may be a generator: the next plan is asked for after the previous task's
+        `after_task` (or after its checkpoint restored the plugins), so it may depend on them."""
         plugins = list(plugins) or [CrossEntropy()]
         for plan in plans:
             done = self.resume.file(f"task{plan.index}.pt")

@@ -3,7 +3,6 @@ selection rounds inside the engine, label noise, and a SIGKILL inside a round re
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
