@@ -208,6 +208,9 @@ class Coreset(Plugin):
         due = epoch % self.settings.every == 0
         if (due and self.round != (self.phase, epoch)) or self.selected is None:
             positions = self.select(ctx.model, rows, epoch)
+            if len(positions) == 0:
+                raise LqError(f"coreset.fraction = {self.settings.fraction} keeps no sample of task {self.task}: "
+                              f"round(f * n_c) is 0 for every class of its {len(rows)} images; raise coreset.fraction")
             self.selected = rows[positions.to(rows.device)]
             self.round = (self.phase, epoch)
             flipped = int(self._flipped(self.selected).sum()) if self._flipped is not None else 0

@@ -147,6 +147,12 @@ def test_selection_rounds_fall_every_r_epochs_with_the_per_class_budget(store, t
     assert all(0 <= r["flipped"] <= budget for r in plugin.rounds) and any(r["flipped"] for r in plugin.rounds)
 
 
+def test_a_share_that_keeps_nothing_is_an_error(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LqError, match="keeps no sample of task 0"):
+        train(store, CoresetSettings(selector="random", fraction=0.01, every=2))  # round(0.01 * ~8) = 0
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {root!r})
