@@ -12,8 +12,10 @@ def main(argv: list[str]) -> int:
         recipe = lifelong.LifelongRecipe(
             p.run_name, typed.runtime(p), p["model.arch"], typed.schedule(p, "lifelong"), dict(p),
             quant=typed.quant(p, "lifelong"), inq=typed.inq(p), method=method, method_settings=p[f"lifelong.methods.{method}"],
-            replay_in_pool=p["lifelong.replay_in_pool"], act_range=p["model.act_range"], cell=p.cell)
-        lifelong.run(recipe, store=args.store, split=args.split, replay=args.replay, counts=args.counts,
-                         init=args.init, out=args.models, curve=args.curve)
+            replay_in_pool=p["lifelong.replay_in_pool"], act_range=p["model.act_range"], cell=p.cell,
+            coreset=typed.coreset(p), replay_selection=p["replay.selection"], replay_rate=p["replay.replay_rate"],
+            **typed.data_noise(p))
+        lifelong.run(recipe, store=args.store, split=args.split, replay=args.replay, counts=args.counts, init=args.init,
+                     out=args.models, curve=args.curve, timing=args.timing, replay_used=args.replay_used)
 
     return step("lifelong", argv, __doc__, body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lq.config import StageParams
 from lq.quant.config import QuantConfig
+from lq.train.coreset import CoresetSettings
 from lq.train.inq import InqSettings
 from lq.train.settings import Runtime, Schedule
 
@@ -50,3 +51,13 @@ def ptq(p: StageParams):
                     weight_quantizer=p["ptq.weight_quantizer"], act_quantizer=p["ptq.act_quantizer"],
                     calibration_images=p["ptq.calibration_images"], batch_size=p["train.eval_batch_size"],
                     device=p["train.device"], seed=p["train.seed"])
+
+def coreset(p: StageParams) -> CoresetSettings:
+    """`coreset.*`: the selector qat8 and every lifelong task train with (full: none)."""
+    return CoresetSettings(selector=p["coreset.selector"], fraction=p["coreset.fraction"], every=p["coreset.every"],
+                           schedule=p["coreset.schedule"])
+
+
+def data_noise(p: StageParams) -> dict:
+    """The recipe fields of `data.label_noise`: the share flipped and the data seed that picks them."""
+    return {"label_noise": p["data.label_noise"], "data_seed": p["seed"]}

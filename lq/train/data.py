@@ -8,6 +8,7 @@ optional horizontal flip) and normalised on the device: no per-sample Python in 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,16 @@ class ImageBank:
     classes: tuple[str, ...]
     mean: torch.Tensor  # per channel, from the training split only
     std: torch.Tensor
+    targets: torch.Tensor | None = None  # training labels when some are flipped (data.label_noise)
+
+    @property
+    def training_labels(self) -> torch.Tensor:
+        """The labels training sees: `labels`, or the noisy copy `with_label_noise` made."""
+        return self.labels if self.targets is None else self.targets
+
+    def flipped(self, rows: torch.Tensor) -> torch.Tensor:
+        """Which of `rows` carry a flipped training label."""
+        return self.training_labels[rows] != self.labels[rows]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -63,6 +74,37 @@ def load_bank(store_dir: Path, device: torch.device) -> ImageBank:
         mean=mean.to(device),
         std=std.to(device),
     )
+
+
+def noisy_labels(labels: np.ndarray, train: np.ndarray, num_classes: int, share: float, seed: int) -> np.ndarray:
+    """Labels with round(share * n_train) training rows flipped to another class (SPEC 10's noise).
+
+    The rows (uniform, without replacement, among the training rows only: test labels are never
+    touched) and each new label (uniform over the other classes) come from NumPy's generator seeded
+    by (seed, share as a rational): the same noisy data set for every stage, method and seed.
+    """
+    noisy = labels.copy()
+    candidates = np.flatnonzero(train)
+    count = int(round(share * len(candidates)))
+    if count == 0 or num_classes < 2:
+        return noisy
+    rng = np.random.default_rng([seed, *float(share).as_integer_ratio(), 1303])
+    chosen = np.sort(rng.choice(candidates, size=count, replace=False))
+    shift = rng.integers(1, num_classes, size=count)  # never 0: the label always changes
+    noisy[chosen] = (labels[chosen] + shift) % num_classes
+    return noisy
+
+
+def with_label_noise(bank: ImageBank, share: float, seed: int, train: np.ndarray) -> ImageBank:
+    if share <= 0:
+        return bank
+    labels = bank.labels.cpu().numpy()
+    noisy = noisy_labels(labels, train, len(bank.classes), share, seed)
+    return dataclasses.replace(bank, targets=torch.from_numpy(noisy).to(bank.labels.device))
+
+
+def train_rows(bank_ids: Sequence[str]) -> np.ndarray:
+    return np.char.startswith(np.asarray(bank_ids, dtype=str), "train/")
 
 
 @dataclass(frozen=True)
@@ -124,7 +166,7 @@ class Batches:
         order = order.to(self.rows.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = self.rows[order[start : start + self.batch_size]]
-            yield index, self._prepare(index, generator), self.bank.labels[index]
+            yield index, self._prepare(index, generator), self.bank.training_labels[index]
 
     def view(self, index: torch.Tensor, seed: Sequence[int] | int) -> torch.Tensor:
         """Another augmented view of the images at `index`, from its own seeded generator."""

@@ -12,6 +12,7 @@ global batch through DDP, epoch statistics are summed over ranks, and only the m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lq.atomic import write_text
 from lq.errors import LqError
 from lq.quant.config import QuantConfig
 from lq.io import read_table
@@ -34,7 +36,7 @@ from lq.manifest import output_dir
 from lq.train import checkpoint, spec
 from lq.train.board import Board, write_curve
 from lq.train.checkpoint import ResumeDir
-from lq.train.data import Augment, Batches, load_bank
+from lq.train.data import Augment, Batches, load_bank, train_rows, with_label_noise
 from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.distributed import (World, all_reduce_sum, barrier, close, init_lazy_steps, init_world, shard,
                                   sync_buffers, unwrap, wrap)
@@ -98,6 +100,9 @@ class Engine:
         # Named by stage and grid cell: runs of other cells may train beside this one.
         self.resume = ResumeDir(run, checkpoint.fingerprint({"engine": ENGINE_VERSION, **identity}, inputs))
         self.history: list[dict[str, Any]] = []
+        # Seconds and images of the finished epochs (this process's and an interrupted run's): kept
+        # beside the resume state, never in a checkpoint, since seconds differ between runs.
+        self.timing = _read_timing(self.resume.file("timing.json"))
         self.board = Board(run)
         self.config: dict[str, Any] = {}
         log.info("device %s; %d images of shape %s in %d classes", describe(self.device),
@@ -110,10 +115,21 @@ class Engine:
     def eval_batches(self, table: pd.DataFrame, source: str = "table") -> Batches:
         return Batches(self.bank, self.bank.rows(table, source), self.runtime.eval_batch_size, shuffle=False)
 
+    def eval_batches_of(self, rows: torch.Tensor) -> Batches:
+        """Un-augmented batches of store rows, in order (scoring, e.g. coreset selection)."""
+        return Batches(self.bank, rows, self.runtime.eval_batch_size, shuffle=False)
+
     def training_batches(self, rows: torch.Tensor) -> Batches:
         """Shuffled, augmented batches (pad = image size / 8: 4 pixels on CIFAR, 1 on 8x8 digits)."""
         augment = Augment(pad=max(1, self.bank.shape[1] // 8), hflip=self.runtime.hflip) if self.runtime.augment else None
         return Batches(self.bank, rows, self.runtime.batch_size, shuffle=True, augment=augment)
+
+    def add_label_noise(self, share: float, seed: int) -> None:
+        """Flip a seeded share of the training labels (data.label_noise); test labels never change."""
+        self.bank = with_label_noise(self.bank, share, seed, train_rows(list(self.bank.row_of)))
+
+    def flipped(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.bank.flipped(rows)
 
     # --- models -----------------------------------------------------------------------------------
     def model_spec(self, arch: str) -> spec.ModelSpec:
@@ -136,9 +152,12 @@ class Engine:
         return spec.convert(model, quant).to(self.device)
 
     # --- the task loop ------------------------------------------------------------------------------
-    def train(self, model: nn.Module, plans: Sequence[TaskPlan], plugins: Sequence[Plugin] = (),
+    def train(self, model: nn.Module, plans: Iterable[TaskPlan], plugins: Sequence[Plugin] = (),
               settings: Mapping[str, Any] | None = None) -> None:
-        """Train `model` through `plans` in order, skipping tasks an earlier run finished."""
+        """Train `model` through `plans` in order, skipping tasks an earlier run finished.
+
+        `plans` may be a generator: the next plan is asked for after the previous task's
+        `after_task` (or after its checkpoint restored the plugins), so it may depend on them."""
         plugins = list(plugins) or [CrossEntropy()]
         self.progress = Progress({plan.index: sum(p.schedule.epochs for p in plan.phases) for plan in plans}, self.history)
         for plan in plans:
@@ -210,15 +229,17 @@ class Engine:
                     label=f"task {task}" + (f" {phase.name} ({index + 1}/{count})" if count > 1 else ""),
                     progress=self.progress.epoch_done)
         for epoch in range(start_epoch, schedule.epochs):
-            rows = ctx.rows
+            rows, selecting = ctx.rows, time.perf_counter()
             for plugin in plugins:
                 chosen = plugin.before_epoch(ctx, epoch, rows)
                 rows = rows if chosen is None else chosen
+            training = time.perf_counter()
             batches = self.training_batches(rows)
             key = (self.runtime.seed, task, epoch) if index == 0 else (self.runtime.seed, task, index, epoch)
             row = loop.epoch(batches.indexed_epoch(key), len(batches), (task, index, epoch), schedule.epochs,
                              first=epoch == start_epoch, draw=lambda rows_, step, k: batches.view(rows_, (*key, step, k)))
             scheduler.step()
+            self._time_epoch(training - selecting, time.perf_counter() - training, len(rows))
             for plugin in plugins:
                 plugin.after_epoch(ctx, row)
             if self.world.is_main:
@@ -229,19 +250,32 @@ class Engine:
                     "plugins": _plugin_states(plugins), "rng": torch.get_rng_state(), "history": list(self.history),
                     "config": self.config,
                 })
+                write_text(self.resume.file("timing.json"), json.dumps(self.timing))
             barrier(self.world)  # ranks move on together, none while the main rank still writes
         sync_buffers(model, self.world)
+
+    def _time_epoch(self, selection: float, training: float, images: int) -> None:
+        self.timing["selection_seconds"] += selection
+        self.timing["train_seconds"] += training
+        self.timing["images_seen"] += images
+        self.timing["epochs"] += 1
 
     # --- outputs ------------------------------------------------------------------------------------
     def payload(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
         return {"model": unwrap(model).state_dict(), "config": self.config, "history": list(self.history), **extra}
 
     def finish(self, model: nn.Module, curve: Path, *, out: Path | None = None, task_dir: Path | None = None,
-               tasks: int = 0, made_by: tuple[str, Mapping[str, str]] = ("", {})) -> None:
+               tasks: int = 0, made_by: tuple[str, Mapping[str, str]] = ("", {}), timing: Path | None = None,
+               record: Mapping[str, Any] | None = None) -> None:
         """Write the checkpoint (`out`) or the per-task checkpoints (`task_dir`, whose manifest
         names `made_by`: the stage and grid cell) and the curve; drop the resume state. Only the
-        main rank writes; every rank then leaves the group."""
+        main rank writes; every rank then leaves the group. `timing`: a JSON file of the training
+        and selection seconds and the images seen (plus `record`), not deterministic."""
         if self.world.is_main:
+            if timing is not None:
+                timing.parent.mkdir(parents=True, exist_ok=True)
+                summary = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.timing.items()}
+                write_text(timing, json.dumps({**summary, **(record or {})}, indent=2) + "\n")
             if out is not None:
                 checkpoint.save(out, self.payload(model))
             if task_dir is not None:
@@ -359,6 +393,13 @@ def fit(model: nn.Module, batches: Any, schedule: Schedule, plugins: Sequence[Pl
         optimization.scheduler.step()
     sync_buffers(unwrap(model), world)
     return history
+
+def _read_timing(path: Path) -> dict[str, Any]:
+    timing = {"train_seconds": 0.0, "selection_seconds": 0.0, "images_seen": 0, "epochs": 0}
+    if path.exists():
+        timing.update(json.loads(path.read_text()))
+    return timing
+
 
 def _first_loss(plugins: Sequence[Plugin], batch: Batch, forward: Callable) -> StepLoss:
     for plugin in plugins:

@@ -50,6 +50,7 @@ PRIORITY = [
     "test_dvc_repro_kill_in_task2_then_repro_resumes_bit_identical",
     "test_snakemake_kill_in_task1_then_rerun_incomplete_resumes_bit_identical",
     "test_lifelong_never_reads_test_data",
+    "test_acs_coreset_and_scored_replay_run_through_snakemake",
     "test_dvc_and_a_step_by_hand_are_refused_while_snakemake_runs",
     "test_snakemake_is_refused_while_dvc_repro_runs",
     "test_a_silently_damaged_checkpoint_stops_evaluate_with_the_lifelong_rerun_command",

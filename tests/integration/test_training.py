@@ -237,7 +237,8 @@ def test_checkpoint_load_refuses_another_architecture(trained):
 def lifelong_cmd(out: str, curve: str, epochs: int) -> list[str]:
     return ["python", "-m", "lq", "lifelong", "--store", "data/store", "--split", "data/split",
             "--replay", "data/replay", "--counts", "data/counts/lifequant", "--init", QAT8,
-            "--models", out, "--curve", curve, "--params", "params.yaml", "--set", f"lifelong.epochs={epochs}",
+            "--models", out, "--curve", curve, "--timing", f"{out}-timing.json", "--replay_used", f"{out}-replay",
+            "--params", "params.yaml", "--set", f"lifelong.epochs={epochs}",
             "--set", f"lifelong.milestones=[{epochs}]",
             "--set", "train.device=cpu", *CELL_AXES]
 

@@ -183,7 +183,7 @@ def test_every_directory_output_lists_its_files_and_those_are_what_the_steps_wri
     stages = {s.name: s for s in load_table()[1]}
     dirs = {(s.name, name) for s in stages.values() for name, (_, is_dir) in s.outputs().items() if is_dir}
     assert dirs == {("download", "store"), ("split", "split"), ("replay", "replay"), ("count", "counts"),
-                    ("lifelong", "models")}
+                    ("lifelong", "models"), ("lifelong", "replay_used")}
     store = write_store(digits, tmp_path / "store")
     assert written(store) == sorted(stages["download"].dir_files("store", 4))
     for num_tasks in (2, 4):
@@ -195,6 +195,8 @@ def test_every_directory_output_lists_its_files_and_those_are_what_the_steps_wri
         assert written(replay) == sorted(stages["replay"].dir_files("replay", num_tasks))
         assert written(counts) == sorted(stages["count"].dir_files("counts", num_tasks))
     assert stage_by_name("lifelong").dir_files("models", 2) == ["task0.pt", "task1.pt", "MANIFEST.json"]
+    assert stage_by_name("lifelong").dir_files("replay_used", 2) == ["replay0.csv", "replay1.csv", "reweight0.json",
+                                                                     "reweight1.json", "MANIFEST.json"]
 
 
 def test_a_directory_output_without_a_file_list_is_refused(tmp_path):
