@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # Snakemake and DVC run `python -m lq ...`: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-all test-faults dag dvc.yaml check lint bench
+.PHONY: setup run test test-all test-faults test-slurm dag dvc.yaml check lint bench
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test: setup
 # everything, including the slow fault-injection runs
 test-all: setup
 	python -m pytest -q -m ""
+
+# the SLURM profile on a real one-node SLURM (Debian's slurm-wlm and munge, installed with apt-get
+# when missing: needs root) that the test starts and stops: about 5 minutes on 2 cores
+test-slurm: setup
+	python -m pytest -q -m slurm
 
 # the fault-injection suite in full: 24 seeded SIGKILLs through both tools, concurrency, odd paths
 test-faults: setup

@@ -40,6 +40,7 @@ from lq.train.data import Augment, Batches, load_bank, train_rows, with_label_no
 from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.distributed import (World, all_reduce_sum, barrier, close, init_lazy_steps, init_world, shard,
                                   sync_buffers, unwrap, wrap)
+from lq.train.pause import pause_hook
 from lq.train.plugin import Batch, CrossEntropy, Optimization, Phase, Plugin, StepLoss, TaskContext
 from lq.train.progress import Progress
 from lq.train.settings import Runtime, Schedule
@@ -75,7 +76,7 @@ def make_optimizer(model: nn.Module, schedule: Schedule) -> Optimization:
 def _kill_hook() -> Callable[[int, int, int, int], None]:
     spec_ = os.environ.get("LQ_TEST_KILL_AFTER")
     if not spec_:
-        return lambda *_: None
+        return pause_hook()  # LQ_TEST_PAUSE_AT: hold the step until the job is cancelled (lq/train/pause.py)
     parts = tuple(int(v) for v in spec_.split(":"))
     target = (parts[0], 0, *parts[1:]) if len(parts) == 3 else parts
 

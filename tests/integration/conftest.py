@@ -42,8 +42,9 @@ LONG = 3600
 # the test bodies (`background`, `in_background`), the longest first where their dependencies
 # allow, so that the session does not end on one long run while a core idles.
 PRIORITY = [
-    "two_seed_fresh", "two_seed_snakemake", "two_seed_dvc", "data_run", "trained_upstream", "trained",
+    "two_seed_fresh", "slurm_run", "two_seed_snakemake", "two_seed_dvc", "data_run", "trained_upstream", "trained",
     "test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels", "finished", "dvc_kill", "snakemake_kill",
+    "test_queued_experiments_run_side_by_side_and_are_listed_with_their_metrics",
     "test_a_small_grid_runs_and_aggregates_over_seeds", "test_paths_with_spaces_and_quotes_work_end_to_end",
     "test_editing_one_methods_lambda_reruns_only_its_cells_in_both_tools",
     "test_ll_lambda_edit_reruns_only_lifelong_and_evaluate",

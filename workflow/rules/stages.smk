@@ -5,6 +5,10 @@
 # A stage's grid axes are wildcards; a dependency over other axes is expanded over the grid.
 # A directory output is declared as the files inside it (DIR_FILES), so Snakemake sees each one.
 
+import os
+
+from lq import cluster
+
 REPORT_ROOT = Path(workflow.basedir)
 
 
@@ -13,6 +17,27 @@ def report_output(stage, name, path):
     if not entry:
         return path
     return report(path, caption=str(REPORT_ROOT / entry["caption"]), category=entry.get("category"))
+
+
+def configured_resource(rule, name):
+    """A resource as --set-resources (for `rule`) or --default-resources (a profile) give it, else None."""
+    settings = workflow.resource_settings
+    for given in ((settings.overwrite_resources or {}).get(rule) or {}, settings.default_resources or {}):
+        if name in given:
+            value = getattr(given[name], "raw", given[name])
+            return str(value).strip("'\"") or None
+    return None
+
+
+def machines_have_gpus(rule):
+    """Whether the machines `rule`'s jobs run on have GPUs: on SLURM the partition is asked (the
+    job's own inside a job); None (cannot tell) when the jobs run here."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name not in cluster.SLURM_EXECUTORS:
+        return None
+    if workflow.remote_exec:
+        return cluster.slurm_partition_has_gpus(os.environ.get("SLURM_JOB_PARTITION"))
+    return cluster.slurm_partition_has_gpus(configured_resource(rule, "slurm_partition"))
 
 
 def declare(stage):
@@ -56,8 +81,13 @@ def declare(stage):
         resources:
             mem_mb=res.get("mem_mb", 1000),
             runtime=res.get("runtime", 60),
-            # a stage under torchrun (train.nproc > 1) takes one GPU per process
-            gpu=res.get("gpu", 0) * (PARAMS["train"]["nproc"] if "train.nproc" in stage.params else 1),
+            # the GPUs this job will use (lq/cluster.py): none for train.device = cpu, or under
+            # `auto` on a SLURM partition without GPUs; one per process under torchrun (train.nproc)
+            gpu=lambda wildcards, stage=stage, res=res: cluster.gpus_per_job(
+                PARAMS["train"]["device"], res.get("gpu", 0),
+                PARAMS["train"]["nproc"] if "train.nproc" in stage.params else 1,
+                lambda: machines_have_gpus(stage.name),
+            ),
         conda:
             "../envs/lq.yaml"
         shell:

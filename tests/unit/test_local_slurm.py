@@ -1,0 +1,35 @@
+"""The SLURM test's installer fails the test, with the reason, when SLURM cannot be installed."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.integration import local_slurm
+
+
+@pytest.fixture
+def slurm_missing(monkeypatch):
+    monkeypatch.setattr(local_slurm, "DAEMONS", ["no-such-slurm-daemon"])
+
+
+def test_without_root_the_test_fails_saying_why(slurm_missing, monkeypatch):
+    monkeypatch.setattr(local_slurm.os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.fail.Exception, match="needs apt-get as root"):
+        local_slurm.install()
+
+
+def test_an_apt_get_failure_fails_the_test_with_its_words(slurm_missing, monkeypatch):
+    calls = []
+
+    def apt_get(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package slurm-wlm")
+
+    monkeypatch.setattr(local_slurm.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(local_slurm.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
+    monkeypatch.setattr(local_slurm.subprocess, "run", apt_get)
+    with pytest.raises(pytest.fail.Exception, match="Unable to locate package slurm-wlm"):
+        local_slurm.install()
+    assert [c[:2] for c in calls] == [["apt-get", "install"], ["apt-get", "update"], ["apt-get", "install"]]
