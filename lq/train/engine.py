@@ -154,13 +154,17 @@ class Engine:
 
     # --- the task loop ------------------------------------------------------------------------------
     def train(self, model: nn.Module, plans: Iterable[TaskPlan], plugins: Sequence[Plugin] = (),
-              settings: Mapping[str, Any] | None = None) -> None:
+              settings: Mapping[str, Any] | None = None, task_epochs: Mapping[int, int] | None = None) -> None:
         """Train `model` through `plans` in order, skipping tasks an earlier run finished.
 
         `plans` may be a generator: the next plan is asked for after the previous task's
-        `after_task` (or after its checkpoint restored the plugins), so it may depend on them."""
+        `after_task` (or after its checkpoint restored the plugins), so it may depend on them.
+        A generator is never read ahead: the progress line then counts `task_epochs` (task ->
+        epochs, as planned) until each task's phases are known."""
         plugins = list(plugins) or [CrossEntropy()]
-        self.progress = Progress({plan.index: sum(p.schedule.epochs for p in plan.phases) for plan in plans}, self.history)
+        if isinstance(plans, Sequence):
+            task_epochs = {plan.index: sum(p.schedule.epochs for p in plan.phases) for plan in plans}
+        self.progress = Progress(task_epochs or {}, self.history)
         for plan in plans:
             done = self.resume.file(f"task{plan.index}.pt")
             if done.exists():

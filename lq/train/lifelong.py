@@ -96,7 +96,8 @@ def run(recipe: LifelongRecipe, *, store: Path, split: Path, replay: Path, count
     # quantized model; the scored replay last, so it scores that model too.
     plugins = [*recipe.coreset_plugins(engine), *recipe.quantization_plugins(), method,
                *([scored] if scored is not None else [])]
-    engine.train(model, plans(), plugins, settings)
+    planned = sum(phase.schedule.epochs for phase in recipe.phases)
+    engine.train(model, plans(), plugins, settings, task_epochs={t: planned for t in range(num_tasks)})
     if replay_used is not None and engine.world.is_main:
         sets = [scored.chosen(t) for t in range(num_tasks)] if scored is not None else replays
         with output_dir(replay_used, "lifelong", recipe.cell) as tmp:

@@ -35,6 +35,7 @@ class Progress:
         """Task `index` runs these phases; later tasks likely the same. Tasks before it that an
         earlier run finished count the epochs their history rows show."""
         count = sum(phase_epochs)
+        self.epochs.setdefault(index, count)  # a task the stage did not announce
         tasks = list(self.epochs)
         for earlier in tasks[: tasks.index(index)]:
             if earlier not in self.known:

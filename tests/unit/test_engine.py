@@ -102,12 +102,15 @@ class Recorder(Plugin):
         self.calls, self.steps, self.prepared = list(state["calls"]), state["steps"], list(state["prepared"])
 
 
-def train(store: Path, plugin: Recorder, tasks: int = 2) -> tuple[Engine, torch.nn.Module]:
+def train(store: Path, plugin: Recorder, tasks: int = 2, lazy: bool = False) -> tuple[Engine, torch.nn.Module]:
     engine = Engine("test-run", RUNTIME, store, identity={"k": 1}, inputs=[store])
     model = engine.new_model(engine.model_spec("resnet20"), None, stage="test")
     rows = table(store, 64)
     plans = [TaskPlan(t, rows, (Phase("train", SCHEDULE),)) for t in range(tasks)]
-    engine.train(model, plans, [plugin])
+    if lazy:  # a generator, as the lifelong stage's scored replay gives: each plan made when asked for
+        engine.train(model, (plan for plan in plans), [plugin], task_epochs={t: 2 for t in range(tasks)})
+    else:
+        engine.train(model, plans, [plugin])
     return engine, model
 
 
@@ -122,6 +125,13 @@ def test_events_phases_rows_views_and_projection(store):
     assert model.head.bias.abs().max() <= 0.5
     task1 = checkpoint.load(engine.resume.file("task1.pt"))
     assert task1["plugins"]["recorder"]["steps"] == 12 and spec.describe(task1["config"])["stage"] == "test"
+
+
+def test_plans_from_a_generator_are_all_trained_and_read_one_at_a_time(store):
+    recorder = Recorder()
+    engine, _ = train(store, recorder, lazy=True)
+    assert [r["task"] for r in engine.history] == [0, 0, 0, 1, 1, 1]
+    assert engine.progress.total == 6 and recorder.calls[-1] == "done1"
 
 
 def test_a_run_stopped_mid_phase_resumes_to_the_identical_result(store):
