@@ -27,7 +27,7 @@ def test_acs_coreset_and_scored_replay_run_through_snakemake(tmp_path, trained_u
                        "replay.selection": "acs", "qat8.epochs": 2, "qat8.milestones": []}.items():
         set_param(root, key, value)
     out = run(["snakemake", "--cores", "1", "all"], root, timeout=LONG)
-    assert job_stats(out.stdout + out.stderr) == {"qat8": 1, "lifelong": 1, "evaluate": 1, "aggregate": 1, "all": 1}
+    assert job_stats(out.stdout + out.stderr) == {"qat8": 1, "lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq": 1, "ptq_lifelong": 1, "all": 1}
 
     qat8 = json.loads((root / "timings/seed0/proxq/qat8.json").read_text())
     assert qat8["coreset"] == "acs" and qat8["epochs"] == 2 and [r["epoch"] for r in qat8["rounds"]] == [0, 1]

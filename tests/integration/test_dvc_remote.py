@@ -99,7 +99,7 @@ def test_queued_experiments_run_side_by_side_and_are_listed_with_their_metrics(t
     env = one_thread_env()
     try:
         subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env, check=True, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=600)  # it waits for its workers to start: slow on a busy machine
         deadline = time.monotonic() + LONG
         while (states := _queue_states(root)) != {n: "Success" for n in EXPERIMENTS}:
             if "Failed" in states.values():

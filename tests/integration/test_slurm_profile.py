@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lq.pipeline import stage_by_name
+
 from tests.integration.conftest import clone, one_thread_env
 
 pytestmark = pytest.mark.integration
@@ -46,5 +48,6 @@ def test_the_slurm_profile_asks_for_a_gpu_only_where_the_run_uses_one(data_run, 
     assert out.returncode != 0  # the stand-in refuses every job
     [call] = (fake / "sbatch.log").read_text().splitlines()
     # the stage table's threads, memory and runtime; the GPU request as the device and partition say
-    assert f"-p {partition}" in call and "--cpus-per-task=2" in call and "--mem 8000" in call and "-t 120" in call, call
+    cpus = stage_by_name("pretrain").resources["cpus"]
+    assert f"-p {partition}" in call and f"--cpus-per-task={cpus}" in call and "--mem 8000" in call and "-t 120" in call, call
     assert [a for a in call.split() if a.startswith("--gpus")] == ([gpus] if gpus else []), call
