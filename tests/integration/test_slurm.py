@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from lq.pipeline import load_table
 import yaml
 
 from lq import cluster
@@ -40,7 +42,7 @@ COMMAND = ["snakemake", "--profile", "workflow/profiles/slurm", "all",
            "--slurm-init-seconds-before-status-checks", "2"]  # a test's jobs take seconds
 PAUSE_AT = "0:1:3"  # pretrain: task 0, second epoch, after its fourth step
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
-RULES = ["download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate"]
+RULES = [stage.name for stage in load_table()[1]]  # one job each for one seed
 # What the run ends with, compared with the local run's bytes (the figures aside).
 RESULTS = ["models/seed0", "metrics/seed0", "plots/seed0"]
 
