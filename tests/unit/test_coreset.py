@@ -179,7 +179,7 @@ def test_a_sigkill_inside_a_round_resumes_bit_identical(store, tmp_path):
     killed = run("resumed", "0:3:1")  # task 0, epoch 3 (inside the round chosen at epoch 2), step 1
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert run("resumed", None).returncode == 0
-    reference, resumed = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
+    reference, resumed = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("reference", "resumed"))
     assert resumed["rounds"] == reference["rounds"]
     assert all(torch.equal(reference["model"][k], v) for k, v in resumed["model"].items())
 
