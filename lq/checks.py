@@ -29,7 +29,7 @@ KNOWN_SOURCES = {"digits": (10, (8, 8)), "cifar100": (100, (32, 32))}
 # How many stride-2 stages each registered model has. Each is a 3x3 convolution with padding 1
 # (a side s becomes ceil(s / 2)); the global average pool then removes what is left. A test
 # builds every registered model and checks its last feature map against this table.
-STRIDE2_STAGES = {"resnet20": 2, "resnet32": 2, "resnet56": 2, "mobilenetv2": 3}
+STRIDE2_STAGES = {"resnet8": 2, "resnet20": 2, "resnet32": 2, "resnet56": 2, "mobilenetv2": 3}
 
 
 def check_config(config: Mapping[str, Any]) -> None:

@@ -152,7 +152,7 @@ def test_two_gloo_processes_train_like_one_process_on_the_combined_batch(tmp_pat
 
 def test_train_nproc_runs_a_stage_on_two_processes_end_to_end(project: Path) -> None:
     """`train.nproc: 2` makes the real pretrain step relaunch itself under torchrun (gloo on CPU)."""
-    from tests.conftest import run, set_param
+    from tests.conftest import TEST_SCALE, run, set_param
 
     run(["snakemake", "--cores", "1", "data/store/MANIFEST.json", "data/split/MANIFEST.json"], project)
     for key, value in {"train.nproc": 2, "train.device": "cpu", "pretrain.epochs": 1, "pretrain.milestones": [1]}.items():
@@ -160,7 +160,7 @@ def test_train_nproc_runs_a_stage_on_two_processes_end_to_end(project: Path) -> 
     out = run(["python", "-m", "lq", "pretrain", "--store", "data/store", "--split", "data/split",
                "--model", "m.pt", "--curve", "c.csv", "--params", "params.yaml", "--axis", "seed=0"], project)
     assert "relaunching on 2 processes" in out.stderr
-    payload = checkpoint.load(project / "m.pt", {"arch": "resnet20", "weight_bits": 32}, describe=spec.describe)
+    payload = checkpoint.load(project / "m.pt", {"arch": TEST_SCALE["model.arch"], "weight_bits": 32}, describe=spec.describe)
     assert all(not key.startswith("module.") for key in payload["model"])  # the unwrapped state dict
     assert payload["history"][0]["epoch"] == 1
     assert (project / "c.csv").read_text().startswith("step,task,epoch,loss,accuracy,lr")

@@ -21,7 +21,7 @@ import torch
 from lq.errors import LqError
 from lq.pipeline import stage_by_name
 from lq.train import checkpoint, spec
-from tests.conftest import CELL_AXES, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, job_stats, run, tool_env
+from tests.conftest import CELL_AXES, LIFELONG, LIFELONG_CURVE, METRICS, PRETRAIN, QAT8, TEST_SCALE, job_stats, run, tool_env
 from tests.integration.conftest import LONG, UPSTREAM_STAGES, clone, in_background
 
 pytestmark = pytest.mark.integration
@@ -178,7 +178,7 @@ def test_lifelong_folder_holds_a_safe_loadable_checkpoint_per_task(trained):
         config = spec.describe(payload["config"])  # the model spec and quantization config, flat
         assert payload["config"]["quant"]["weight_quantizer"] == "proxq"
         assert config["weight_bits"] == 4 and config["act_bits"] == 4
-        assert config["arch"] == "resnet20" and config["num_classes"] == 10
+        assert config["arch"] == TEST_SCALE["model.arch"] and config["num_classes"] == 10
         assert config["method"] == "lifequant" and config["stage"] == "lifelong"
         assert payload["task"] == t
         assert payload["model"] and all(isinstance(v, torch.Tensor) for v in payload["model"].values())
@@ -224,11 +224,12 @@ def test_evaluate_refuses_a_checkpoint_of_another_bit_width(trained, tmp_path):
 
 def test_checkpoint_load_refuses_another_architecture(trained):
     path = trained / LIFELONG / "task0.pt"
-    assert checkpoint.load(path, {"arch": "resnet20", "weight_bits": 4}, describe=spec.describe)
+    arch = TEST_SCALE["model.arch"]
+    assert checkpoint.load(path, {"arch": arch, "weight_bits": 4}, describe=spec.describe)
     with pytest.raises(LqError) as info:
         checkpoint.load(path, {"arch": "mobilenetv2"}, describe=spec.describe)
     message = str(info.value)
-    assert "arch = 'resnet20'" in message and "arch = 'mobilenetv2'" in message
+    assert f"arch = '{arch}'" in message and "arch = 'mobilenetv2'" in message
     assert str(path) in message
 
 

@@ -48,7 +48,7 @@ def test_images_too_small_for_the_model_stop_before_ingestion(tmp_path):
     set_param(root, "data.source", "folder")
     set_param(root, "data.root", "tiny")
     proc = run(["snakemake", "--cores", "1", "all"], root, check=False)
-    assert proc.returncode != 0 and "model.arch = 'resnet20' cannot train on 4x4 images" in output(proc)
+    assert proc.returncode != 0 and "model.arch = 'resnet8' cannot train on 4x4 images" in output(proc)
     assert not (root / "data" / "store").exists()
 
 

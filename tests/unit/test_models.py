@@ -27,7 +27,7 @@ def _n_params(model: nn.Module) -> int:
 
 
 def test_registry_lists_the_known_models() -> None:
-    assert {"resnet20", "resnet32", "resnet56", "mobilenetv2"} <= set(MODELS)
+    assert {"resnet8", "resnet20", "resnet32", "resnet56", "mobilenetv2"} <= set(MODELS)
     assert MODELS == sorted(MODELS)
 
 
@@ -70,7 +70,7 @@ def test_resnet20_reference_parameter_count() -> None:
     assert _n_params(_make("resnet20", 3, 32, num_classes=100)) == 278_324
 
 
-@pytest.mark.parametrize("name,depth", [("resnet20", 20), ("resnet32", 32), ("resnet56", 56)])
+@pytest.mark.parametrize("name,depth", [("resnet8", 8), ("resnet20", 20), ("resnet32", 32), ("resnet56", 56)])
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_resnet_parameter_count_matches_formula(name: str, depth: int, in_channels: int) -> None:
     model = _make(name, in_channels, 32, num_classes=10)
@@ -111,7 +111,7 @@ def test_mobilenetv2_width_multiplier() -> None:
 #   ResNet-(6n+2): stem 1 + 3 stages * n blocks * 2 = depth - 1   (ResNet-20: 1 + 9*2 = 19)
 #   MobileNetV2:   stem 1 + first block (t=1: dw, project) 2
 #                  + 3 per t=6 block * (2+3+4+3+3+1 = 16) + last 1x1 conv 1 = 52
-EXPECTED_ACT_POINTS = {"resnet20": 19, "resnet32": 31, "resnet56": 55, "mobilenetv2": 52}
+EXPECTED_ACT_POINTS = {"resnet8": 7, "resnet20": 19, "resnet32": 31, "resnet56": 55, "mobilenetv2": 52}
 
 
 @pytest.mark.parametrize("name,expected", sorted(EXPECTED_ACT_POINTS.items()))
