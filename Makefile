@@ -28,7 +28,8 @@ test-all: setup
 	python -m pytest -q -m ""
 
 # the SLURM profile on a real one-node SLURM (Debian's slurm-wlm and munge, installed with apt-get
-# when missing: needs root) that the test starts and stops: about 5 minutes on 2 cores
+# when missing: needs root) that the test starts and stops: about 5 minutes on 2 cores. Run by
+# .ci/run after `make test`; prints a line with Snakemake's wall time and every sbatch job's id.
 test-slurm: setup
 	python -m pytest -q -m slurm
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,21 @@ PACKAGES = ["slurm-wlm", "munge"]
 DAEMONS = ["munged", "slurmctld", "slurmd"]
 PARTITION = "lqtest"  # not the default partition: a job gets here only when the profile's override names it
 MIN_JOB_AGE = 900     # seconds a finished job stays visible to squeue
+# What Snakemake's SLURM plugin says for each job it submits; its log folder names the rule
+# (.snakemake/slurm_logs/rule_<rule>/[<wildcards>/]<SLURM job id>.log). A rule name is any
+# identifier, underscores included (ptq_lifelong).
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+LOG_RULE = re.compile(r"/slurm_logs/rule_([A-Za-z_][A-Za-z0-9_]*)/")
+
+
+def submissions(output: str) -> list[tuple[str, str]]:
+    """(rule, SLURM job id) of each job Snakemake's SLURM plugin submitted, in order."""
+    jobs = []
+    for slurm_id, log in SUBMITTED.findall(output):
+        rule = LOG_RULE.search(log)
+        assert rule, f"no rule in the SLURM log path {log}"
+        jobs.append((rule.group(1), slurm_id))
+    return jobs
 
 
 def install() -> None:

@@ -8,14 +8,15 @@ with short training (`two_seed_fresh`, grid cut to seed 0 by an overlay) through
 
 as a user would, `train.device: auto` (the default) included. The pretrain job holds in its second
 epoch (LQ_TEST_PAUSE_AT, lq/train/pause.py) until the test cancels it with `scancel`; the profile's
-retry resumes it from its first epoch. Checked: every job went through sbatch (its SLURM job id is
-in Snakemake's log and the controller knows it), the cancelled job was retried and resumed, and the
-results equal a local one-thread run's (`two_seed_snakemake`, seed 0) byte for byte.
+retry resumes it from its first epoch. Checked: every job went through sbatch, one per stage of the
+stage table (only `all` runs locally), pretrain twice (its SLURM job id is in Snakemake's log and
+the controller knows it), the cancelled job was retried and resumed, and the results (models,
+metrics, curves, PTQ sweeps; the figures aside) equal a local one-thread run's (`two_seed_snakemake`,
+seed 0) byte for byte. The sbatch test prints one line with Snakemake's wall time and each job's id.
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ from lq import cluster
 from lq.train import pause
 from tests.conftest import job_stats
 from tests.integration.conftest import LONG, background, clone, one_thread_env
-from tests.integration.local_slurm import PARTITION, LocalSlurm
+from tests.integration.local_slurm import PARTITION, LocalSlurm, submissions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 
@@ -41,10 +42,9 @@ COMMAND = ["snakemake", "--profile", "workflow/profiles/slurm", "all",
            "--max-threads", "1",  # one OpenMP thread per job, as in the local reference run
            "--slurm-init-seconds-before-status-checks", "2"]  # a test's jobs take seconds
 PAUSE_AT = "0:1:3"  # pretrain: task 0, second epoch, after its fourth step
-SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 RULES = [stage.name for stage in load_table()[1]]  # one job each for one seed
 # What the run ends with, compared with the local run's bytes (the figures aside).
-RESULTS = ["models/seed0", "metrics/seed0", "plots/seed0"]
+RESULTS = ["models/seed0", "metrics/seed0", "plots/seed0", "ptq/seed0"]
 
 
 @dataclass
@@ -58,11 +58,6 @@ class SlurmRun:
     gpu_refused: str            # sbatch's answer to a GPU request on the test partition
     partition_has_gpus: bool | None
     stopped: list[str]          # daemons that had to be killed
-
-
-def submissions(output: str) -> list[tuple[str, str]]:
-    """(rule, SLURM job id) of each job Snakemake submitted, in order."""
-    return [(re.search(r"rule_([a-z0-9]+)", log).group(1), slurm_id) for _, slurm_id, log in SUBMITTED.findall(output)]
 
 
 @background
@@ -105,9 +100,13 @@ def slurm_run(folder: Path, two_seed_fresh: Path) -> SlurmRun:
 
 @pytest.fixture(scope="module")
 def done(slurm_run) -> SlurmRun:
-    result = slurm_run.result()
-    print(f"SLURM run: {result.took:.0f}s; jobs {result.jobs}")
-    return result
+    return slurm_run.result()
+
+
+def summary(run: SlurmRun) -> str:
+    """One line for the record: Snakemake's wall time and each sbatch job, with its state in squeue."""
+    jobs = ", ".join(f"{rule} {slurm_id} {run.jobs.get(slurm_id, '?')}" for rule, slurm_id in submissions(run.output))
+    return f"SLURM run: snakemake took {run.took:.0f} s; sbatch jobs (rule, SLURM job id, state): {jobs}"
 
 
 def test_the_cluster_refuses_a_gpu_and_the_profile_asks_for_none(done):
@@ -118,7 +117,9 @@ def test_the_cluster_refuses_a_gpu_and_the_profile_asks_for_none(done):
     assert cluster.gpus_per_job("auto", 1, 1, lambda: done.partition_has_gpus) == 0
 
 
-def test_every_job_went_through_sbatch_and_the_cancelled_one_was_retried(done):
+def test_every_job_went_through_sbatch_and_the_cancelled_one_was_retried(done, capsys):
+    with capsys.disabled():  # shown with or without -s: the job ids for the record
+        print(f"\n{summary(done)}")
     said = done.output
     assert done.returncode == 0, said[-4000:]
     jobs = submissions(said)
@@ -150,7 +151,7 @@ def test_the_results_equal_a_local_runs_byte_for_byte(done, two_seed_snakemake):
         return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
     got, want = results(done.root), results(two_seed_snakemake.root)
-    assert len(got) >= 9 and got.keys() == want.keys()
+    assert len(got) >= 13 and got.keys() == want.keys()
     assert [name for name in got if got[name] != want[name]] == []
     # the overlay is in params.yaml, which describes what ran (and what `dvc commit` would record)
     params = yaml.safe_load((done.root / "params.yaml").read_text())
