@@ -124,7 +124,7 @@ def pool(store: Path, n: int = 80) -> pd.DataFrame:
 def train(store: Path, settings: CoresetSettings, noise: float = 0.0):
     engine = Engine("coreset-test", RUNTIME, store, identity={"k": settings.selector}, inputs=[store])
     engine.add_label_noise(noise, 5)
-    model = engine.new_model(engine.model_spec("resnet20"), None, stage="test")
+    model = engine.new_model(engine.model_spec("resnet8"), None, stage="test")
     bank = engine.bank
     plugin = Coreset(settings, seed=RUNTIME.seed, labels=lambda rows: bank.training_labels[rows],
                      batches=lambda rows: engine.eval_batches_of(rows), flipped=engine.flipped)

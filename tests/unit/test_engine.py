@@ -104,7 +104,7 @@ class Recorder(Plugin):
 
 def train(store: Path, plugin: Recorder, tasks: int = 2, lazy: bool = False) -> tuple[Engine, torch.nn.Module]:
     engine = Engine("test-run", RUNTIME, store, identity={"k": 1}, inputs=[store])
-    model = engine.new_model(engine.model_spec("resnet20"), None, stage="test")
+    model = engine.new_model(engine.model_spec("resnet8"), None, stage="test")
     rows = table(store, 64)
     plans = [TaskPlan(t, rows, (Phase("train", SCHEDULE),)) for t in range(tasks)]
     if lazy:  # a generator, as the lifelong stage's scored replay gives: each plan made when asked for
@@ -153,7 +153,7 @@ def test_model_from_rebuilds_the_checkpoint_and_converts_to_new_bits(store, tmp_
     from lq.quant.config import QuantConfig
 
     engine = Engine("conv", RUNTIME, store, identity={}, inputs=[store])
-    model_spec = engine.model_spec("resnet20")
+    model_spec = engine.model_spec("resnet8")
     fp32 = engine.new_model(model_spec, None, stage="pretrain")
     path = tmp_path / "fp32.pt"
     checkpoint.save(path, engine.payload(fp32))

@@ -149,7 +149,7 @@ class Watcher(Plugin):
 
 def train(store: Path, tasks: int = 1, settings: InqSettings = SETTINGS, stop_at=None):
     engine = Engine("inq-test", RUNTIME, store, identity={"k": 1}, inputs=[store])
-    model = engine.new_model(engine.model_spec("resnet20"), W4, stage="test")
+    model = engine.new_model(engine.model_spec("resnet8"), W4, stage="test")
     inq = Inq(settings, seed=RUNTIME.seed)
     watcher = Watcher(inq, stop_at)
     plans = [TaskPlan(t, rows(store), (Phase("train", SCHEDULE),)) for t in range(tasks)]
@@ -204,6 +204,6 @@ def test_each_lifelong_task_unfreezes_keeps_n1_and_runs_the_portions_again(store
 
 def test_inq_refuses_a_model_without_power_of_two_layers(store):
     engine = Engine("inq-none", RUNTIME, store, identity={}, inputs=[store])
-    model = engine.new_model(engine.model_spec("resnet20"), QuantConfig(4, 4), stage="test")  # ProxQ
+    model = engine.new_model(engine.model_spec("resnet8"), QuantConfig(4, 4), stage="test")  # ProxQ
     with pytest.raises(LqError, match="power-of-two"):
         engine.train(model, [TaskPlan(0, rows(store), (Phase("train", SCHEDULE),))], [Inq(SETTINGS)])

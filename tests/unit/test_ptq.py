@@ -25,7 +25,7 @@ from lq.quant.modules import QConv2d
 from lq.train import checkpoint, spec
 from lq.train.data import Batches, load_bank
 
-MODEL = spec.ModelSpec("resnet20", num_classes=10, in_channels=1, image_size=(8, 8))
+MODEL = spec.ModelSpec("resnet8", num_classes=10, in_channels=1, image_size=(8, 8))
 SETTINGS = ptq.Settings(weight_bits=(2, 4, 32), act_bits=(4, 32), calibration_images=200, batch_size=64, seed=0)
 
 

@@ -146,7 +146,7 @@ class TwoPhases(CrossEntropy):
 def train(store: Path, plugin: CrossEntropy) -> Engine:
     runlog.new_run()
     engine = Engine("test-stage", RUNTIME, store, identity={"k": 1}, inputs=[store])
-    model = engine.new_model(engine.model_spec("resnet20"), None, stage="test")
+    model = engine.new_model(engine.model_spec("resnet8"), None, stage="test")
     index = pd.read_csv(store / "index.csv", dtype={"image": str, "split": str})
     table = index[index["split"] == "train"].head(32)[["image", "label"]].reset_index(drop=True)
     try:
