@@ -6,7 +6,8 @@ RandomGrayscale(p 0.2), horizontal flip (no blur on CIFAR). lq's data path keeps
 device and augments a whole batch at once, so the views here are the same kinds of change written
 as one affine resampling (`grid_sample`) plus per-image scalars:
 
-- a random resized crop: area share in `crop`, aspect ratio in [3/4, 4/3], anywhere in the image,
+- a random resized crop: area share in `crop`, aspect ratio in [3/4, 4/3] (square where that does
+  not fit), anywhere in the image,
   with an optional rotation of up to `rotate` degrees (small rotations suit digits);
 - a horizontal flip with probability 1/2 only when `hflip` (train.hflip: true for CIFAR; never
   for digits, whose meaning a flip changes);
@@ -48,8 +49,9 @@ class Views:
 
         area = uniform(*s.crop)
         aspect = torch.exp(uniform(math.log(ASPECT[0]), math.log(ASPECT[1])))
-        sx = torch.sqrt(area * aspect).clamp(max=1.0)  # the share of the width the view shows
-        sy = torch.sqrt(area / aspect).clamp(max=1.0)
+        sx, sy = torch.sqrt(area * aspect), torch.sqrt(area / aspect)  # the shares of width and height shown
+        too_wide = (sx > 1) | (sy > 1)  # the crop does not fit: a square one of that area (torchvision falls back too)
+        sx, sy = torch.where(too_wide, area.sqrt(), sx), torch.where(too_wide, area.sqrt(), sy)
         tx = (2 * torch.rand(b, generator=generator) - 1) * (1 - sx)
         ty = (2 * torch.rand(b, generator=generator) - 1) * (1 - sy)
         angle = torch.deg2rad(uniform(-s.rotate, s.rotate))
