@@ -2,9 +2,9 @@
 
 On a clone of the shared `data_run` (the data stages made), with one epoch of SimSiam and SSQL, a
 two-epoch linear head and a 2 x 2 bit sweep: Snakemake makes both backbones, their linear
-evaluations and a scratch FP32 model; DVC adopts them; an SSQL edit reruns only SSQL's cells in
-both tools; `pretrain.init: ssql` reruns pretrain only, and DVC's run of it starts the supervised
-model from the very backbone the `ssl` stage trained.
+evaluations and a scratch FP32 model; an SSQL edit plans only SSQL's cells and `pretrain.init:
+ssql` only pretrain, in Snakemake and then (after `dvc commit` adopted the run) in DVC, whose run
+of pretrain starts the supervised model from the very backbone the `ssl` stage trained.
 """
 
 from __future__ import annotations
@@ -55,15 +55,21 @@ def test_ssl_stages_and_a_self_supervised_start_through_snakemake_and_dvc(tmp_pa
     timing = json.loads((root / "timings/seed0/ssl/ssql.json").read_text())
     assert sum(timing["bit_draws"].values()) == -(-len(pd.read_csv(root / "data/split/train0.csv")) // 128)
 
-    run(["dvc", "commit", "-f", "-q", *STAGES], root)  # DVC adopts what Snakemake made
-    assert changed(root) == set()
-    set_param(root, "ssl.methods.ssql.epochs", 2)  # only SSQL's cells rerun, in both tools
+    # Snakemake (before DVC's commit, which gives the files it caches new modification times): an
+    # SSQL edit plans only SSQL's cells, a self-supervised start only pretrain
+    set_param(root, "ssl.methods.ssql.epochs", 2)
     assert planned_jobs(root, *LINEAR, PRETRAIN) == {"ssl": 1, "ssl_linear": 1}
-    assert changed(root) == {"ssl@ssql-0"}  # (its linear evaluation follows once the model changes)
+    run(["git", "checkout", "params.yaml"], root)
+    set_param(root, "pretrain.init", "ssql")
+    assert planned_jobs(root, *LINEAR, PRETRAIN) == {"pretrain": 1}
     run(["git", "checkout", "params.yaml"], root)
 
-    set_param(root, "pretrain.init", "ssql")  # the supervised model starts from SSQL: pretrain reruns
-    assert planned_jobs(root, *LINEAR, PRETRAIN) == {"pretrain": 1}
+    run(["dvc", "commit", "-f", "-q", *STAGES], root)  # DVC adopts what Snakemake made; then the same in DVC
+    assert changed(root) == set()
+    set_param(root, "ssl.methods.ssql.epochs", 2)
+    assert changed(root) == {"ssl@ssql-0"}  # (its linear evaluation follows once the model changes)
+    run(["git", "checkout", "params.yaml"], root)
+    set_param(root, "pretrain.init", "ssql")
     assert changed(root) == {"pretrain@0"}
     out = run(["dvc", "repro", "-s", "pretrain@0"], root).stdout
     assert "Running stage 'pretrain@0'" in out
