@@ -53,7 +53,8 @@ def test_ssl_stages_and_a_self_supervised_start_through_snakemake_and_dvc(tmp_pa
         curve = pd.read_csv(root / f"plots/seed0/ssl/{method}_curve.csv")
         assert list(curve.columns) == ["step", "task", "epoch", "loss", "embedding_std", "lr"] and len(curve) == 1
     timing = json.loads((root / "timings/seed0/ssl/ssql.json").read_text())
-    assert sum(timing["bit_draws"].values()) == -(-len(pd.read_csv(root / "data/split/train0.csv")) // 128)
+    steps = -(-len(pd.read_csv(root / "data/split/train0.csv")) // 64)  # one draw per step of 64 images
+    assert sum(timing["bit_draws"].values()) == steps
 
     # Snakemake (before DVC's commit, which gives the files it caches new modification times): an
     # SSQL edit plans only SSQL's cells, a self-supervised start only pretrain
