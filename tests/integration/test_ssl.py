@@ -17,7 +17,7 @@ import torch
 
 from lq.train import checkpoint
 from tests.conftest import PRETRAIN, job_stats, planned_jobs, run, set_param
-from tests.integration.conftest import clone
+from tests.integration.conftest import clone, in_background
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,7 @@ def changed(root) -> set[str]:
     return set(json.loads(run(["dvc", "status", "--json", *STAGES], root).stdout)) & set(STAGES)
 
 
+@in_background
 def test_ssl_stages_and_a_self_supervised_start_through_snakemake_and_dvc(tmp_path, data_run):
     root = clone(data_run, tmp_path / "repo")
     for key, value in SHORT.items():
