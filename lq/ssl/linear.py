@@ -21,7 +21,7 @@ augmented images at lr 30, re-running the backbone every step) make a 24-pair sw
 the cost is a somewhat lower absolute accuracy, the same for every model compared. Task 0's data
 (train_0 for the head, test_0 for the score) is what the backbone was pretrained on and what the
 lifelong chain starts from; no test image is read before step 3's score (calibration and head
-read training images only, which `calibration_rows` and `features` check).
+read training images only: `calibration_rows` and `_training_rows` refuse any other).
 """
 
 from __future__ import annotations

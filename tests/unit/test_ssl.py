@@ -208,6 +208,31 @@ def test_a_resumed_run_repeats_the_draws_and_ends_with_the_same_weights(data):
     assert all(torch.equal(weights[k], v) for k, v in resumed.backbone.state_dict().items())
 
 
+class Steps(Plugin):
+    name = "steps"
+
+    def __init__(self):
+        self.steps = 0
+
+    def after_step(self, model) -> None:
+        self.steps += 1
+
+
+def test_a_finished_backbone_is_taken_from_its_resume_state_until_closed(data):
+    """What `pretrain.init` relies on when the supervised part is killed: rerun, the finished
+    self-supervised part is not trained again but restored, draws and weights included."""
+    store, split = data
+    first = ssl.train_backbone(ssql_recipe(epochs=1), store=store, split=split)
+    counter = Steps()
+    again = ssl.train_backbone(ssql_recipe(epochs=1), store=store, split=split, extra_plugins=[counter])
+    assert counter.steps == 0 and again.objective.draws.drawn == first.objective.draws.drawn
+    assert all(torch.equal(first.backbone.state_dict()[k], v) for k, v in again.backbone.state_dict().items())
+    again.close()
+    fresh = Steps()
+    ssl.train_backbone(ssql_recipe(epochs=1), store=store, split=split, extra_plugins=[fresh])
+    assert fresh.steps == 4  # closed: the next run trains from the start
+
+
 def test_the_collapse_guard_logs_the_std_and_stops_a_collapsed_embedding():
     objective = SslObjective("simsiam", dim=16, collapse_std=0.1)
     objective.before_epoch(None, 0, None)
