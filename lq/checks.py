@@ -34,7 +34,8 @@ STRIDE2_STAGES = {"resnet8": 2, "resnet20": 2, "resnet32": 2, "resnet56": 2, "mo
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Raise LqError listing every cross-key problem of a schema-valid, resolved configuration."""
-    problems = [*milestone_problems(config), *quantizer_problems(config), *source_problems(config)]
+    problems = [*milestone_problems(config), *quantizer_problems(config), *source_problems(config),
+                *ssl_problems(config)]
     if problems:
         raise LqError("invalid parameters:\n  " + "\n  ".join(problems))
 
@@ -103,6 +104,25 @@ def quantizer_problems(config: Mapping[str, Any]) -> list[str]:
         problems.append(f"quantizers.inq.milestones = {inq['milestones']} has milestone(s) {late} beyond "
                         f"quantizers.inq.epochs_per_phase = {inq['epochs_per_phase']}: the learning rate would "
                         "never be decayed there")
+    return problems
+
+
+# --------------------------------------------------------------------------- self-supervised pretraining
+
+
+def ssl_problems(config: Mapping[str, Any]) -> list[str]:
+    """Ranges written [low, high] the wrong way round, and a self-supervised start of the FP32
+    model on several processes (the SSL step runs in one process only)."""
+    problems = []
+    for name, block in ((config.get("ssl") or {}).get("methods") or {}).items():
+        for key, value in [*((k, block.get(k)) for k in ("weight_bits", "act_bits")),
+                           ("views.crop", (block.get("views") or {}).get("crop"))]:
+            if isinstance(value, list) and len(value) == 2 and value[0] > value[1]:
+                problems.append(f"ssl.methods.{name}.{key} = {value} must be [low, high] with low <= high")
+    init = (config.get("pretrain") or {}).get("init", "scratch")
+    if init != "scratch" and (config.get("train") or {}).get("nproc", 1) > 1:
+        problems.append(f"pretrain.init = {init} trains its self-supervised start in one process: "
+                        "set train.nproc = 1 (or pretrain.init = scratch)")
     return problems
 
 

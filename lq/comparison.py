@@ -28,7 +28,7 @@ def read_runs(pattern: str, values: Mapping[str, Sequence]) -> list[dict]:
     """The metrics of every grid cell (`pattern` names {method} {bits} {quantizer} {seed});
     a missing run is an error naming it."""
     records = []
-    for cell in grid.cells(values, grid.AXES):
+    for cell in grid.cells(values, list(values)):
         path = Path(pattern.format(**cell))
         if not path.exists():
             raise LqError(f"{path}: metrics of run {grid.cell_name(cell)} are missing; run its evaluate stage first")

@@ -59,9 +59,14 @@ AXES: dict[str, Axis] = {
         Axis("method", r"[a-z][a-z0-9_]*", "lifequant", lambda v: {"lifelong.method": v}),
         Axis("bits", r"w\d+a\d+", "w4a4", _bits),
         Axis("quantizer", r"[a-z][a-z0-9_]*", "proxq", _quantizer),
+        # Self-supervised pretraining (stages ssl, ssl_linear): scratch | simsiam | ssql. Off by
+        # default (`grid.ssl: []`): an empty axis makes no job in Snakemake and no stage in DVC.
+        Axis("ssl", r"[a-z][a-z0-9_]*", "ssql", lambda v: {"ssl.method": v}),
         Axis("seed", r"\d+", "0", lambda v: {"train.seed": int(v)}),
     )
 }
+# The axes of one lifelong run (the cells `evaluate` and `aggregate` go over).
+LIFELONG_AXES = ("method", "bits", "quantizer", "seed")
 
 
 def axis(name: str) -> Axis:

@@ -49,6 +49,22 @@ def placeholders(path: str) -> list[str]:
     return re.findall(r"\{(\w+)\}", path)
 
 
+# A declared parameter key may name another parameter's value: `ssl.methods.{pretrain.init}` is the
+# settings block of the method `pretrain.init` names, so a stage tracks exactly the block it reads
+# (Snakemake fills it from the resolved parameters, DVC interpolates `${pretrain.init}`).
+PARAM_REF = re.compile(r"(?<!\$)\{([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)\}")
+
+
+def param_refs(key: str) -> list[str]:
+    """The parameters a declared key names by value: 'ssl.methods.{pretrain.init}' -> ['pretrain.init']."""
+    return PARAM_REF.findall(key)
+
+
+def fill_refs(key: str, value_of: Callable[[str], Any]) -> str:
+    """Replace each `{a.b}` in a declared key by `value_of('a.b')`."""
+    return PARAM_REF.sub(lambda m: str(value_of(m[1])), key)
+
+
 def fill(path: str, values: Mapping[str, str]) -> str:
     """Replace the placeholders named in `values`; leave the others as they are."""
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m[1], m[0]), path)
@@ -132,10 +148,17 @@ class Stage:
         return self.sources.get(dep, "?").split(".")[0]
 
     def declared_params(self, cell: Mapping[str, str] | None = None,
-                        item: Callable[[str], str] | None = None) -> list[str]:
-        """The declared keys, with the stage's axes in them filled from `cell` (or by `item`)."""
+                        item: Callable[[str], str] | None = None, config: Mapping | None = None) -> list[str]:
+        """The declared keys, with the stage's axes in them filled from `cell` (or by `item`, DVC's
+        view, where a parameter reference `{a.b}` becomes `${a.b}`) and parameter references from
+        `config` (the resolved parameters)."""
         values = dict(cell or {}) if item is None else {a: item(a) for a in self.axes}
-        return [fill(key, values) for key in self.params]
+        keys = [fill(key, values) for key in self.params]
+        if item is not None:
+            return [fill_refs(key, "${{{}}}".format) for key in keys]
+        if config is not None:
+            return [fill_refs(key, lambda ref: lqconfig.get_key(config, ref)) for key in keys]
+        return keys
 
     def gathered(self, path: str) -> list[str]:
         """Axes a dependency collects over (not the stage's own)."""
@@ -179,7 +202,7 @@ class Stage:
         resolved values makes the step see exactly what Snakemake's params trigger compared.
         """
         return " ".join("--set " + shlex.quote(f"{key}={json.dumps(lqconfig.get_key(config, key))}")
-                        for key in self.declared_params(cell))
+                        for key in self.declared_params(cell, config=config))
 
     def dvc_params(self, raw_params: Mapping) -> list[str]:
         """Keys DVC tracks: the declared ones, plus every preset override of them.
@@ -193,7 +216,7 @@ class Stage:
             f"presets.{name}.{key}"
             for name in presets
             for key in self.params
-            if not placeholders(key) and lqconfig.has_key(presets[name] or {}, key)
+            if not placeholders(key) and not param_refs(key) and lqconfig.has_key(presets[name] or {}, key)
         ]
         if preset_keys:
             tracked += ["preset", *preset_keys]
@@ -232,6 +255,11 @@ def load_table(path: Path = TABLE_PATH) -> tuple[str, list[Stage]]:
             files={out: _as_tuple(names, f"files.{out}", name) for out, names in (row.get("files") or {}).items()},
         )
         _check_files(stage, path)
+        for key in stage.params:
+            for ref in param_refs(key):
+                if ref not in stage.params:
+                    raise LqError(f"{path}: stage '{name}': parameter '{key}' names '{ref}', which the stage must "
+                                  "declare too (so a change of it reruns the stage)")
         for extra in (*stage.metrics, *stage.plots):
             if extra not in stage.outs.values():
                 raise LqError(f"{path}: stage '{name}': metric/plot '{extra}' is not one of its outs")

@@ -229,7 +229,7 @@ def write_outputs(summary: dict[str, Any], *, grid: Path, table: Path, heatmap: 
         title = f"PTQ of {summary.get('method')} {summary['trained_bits']}"
     else:
         panels = [("accuracy on task 0 (%)", _grid(summary, lambda n: summary["accuracy"][n]))]
-        title = f"PTQ of the {summary['trained_bits']} {summary['stage']} model"
+        title = summary.get("title") or f"PTQ of the {summary['trained_bits']} {summary['stage']} model"
     heatmap_figure(heatmap, panels, summary["weight_bits"], summary["act_bits"], title)
 
 

@@ -24,7 +24,7 @@ from lq.pipeline import Stage, stage_by_name
 log = logging.getLogger("lq")
 
 STEPS = ("download", "split", "replay", "count", "pretrain", "qat8", "lifelong", "evaluate", "aggregate", "ptq",
-         "ptq_lifelong")
+         "ptq_lifelong", "ssl", "ssl_linear")
 
 
 def parser_for(stage: Stage, description: str | None) -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def load_stage_params(stage: Stage, args: argparse.Namespace) -> lqconfig.StageP
     # them all here, so the first stage already fails) and in each stage that uses the device.
     if "train.device" in stage.params or os.environ.get("DVC_STAGE"):
         checks.check_device(config["train"]["device"])
-    return lqconfig.StageParams(config, stage.declared_params(cell), stage.name, cell)
+    return lqconfig.StageParams(config, stage.declared_params(cell, config=config), stage.name, cell)
 
 
 def step(name: str, argv: list[str], description: str | None,

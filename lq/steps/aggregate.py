@@ -12,7 +12,7 @@ from lq.steps import step
 
 def main(argv: list[str]) -> int:
     def body(args, p) -> None:
-        records = comparison.read_runs(args.metrics, {axis: p[f"grid.{axis}"] for axis in grid.AXES})
+        records = comparison.read_runs(args.metrics, {axis: p[f"grid.{axis}"] for axis in grid.LIFELONG_AXES})
         comparison.write_comparison(records, table=args.table, markdown=args.markdown, curve=args.curve,
                                     matrices=args.matrices, accuracy_figure=args.accuracy_figure,
                                     forgetting_figure=args.forgetting_figure)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lq.config import StageParams
 from lq.quant.config import QuantConfig
+from lq.ssl.settings import LinearSettings, SslConfig, SslSettings, ViewSettings
 from lq.train.coreset import CoresetSettings
 from lq.train.inq import InqSettings
 from lq.train.settings import Runtime, Schedule
@@ -61,3 +62,31 @@ def coreset(p: StageParams) -> CoresetSettings:
 def data_noise(p: StageParams) -> dict:
     """The recipe fields of `data.label_noise`: the share flipped and the data seed that picks them."""
     return {"label_noise": p["data.label_noise"], "data_seed": p["seed"]}
+
+
+
+def ssl(p: StageParams, method: str) -> SslConfig:
+    """The self-supervised run of `method` (its `ssl.methods.<method>` block; the stage declares that
+    block and train.device, deterministic, momentum, hflip, compile)."""
+    block = dict(p[f"ssl.methods.{method}"])
+    if block:
+        block["views"] = ViewSettings(**{**block["views"], "crop": tuple(block["views"]["crop"])})
+        block.update({k: tuple(block[k]) for k in ("weight_bits", "act_bits") if k in block})
+    s = SslSettings(method, **block)
+    runtime = Runtime(device=p["train.device"], deterministic=p["train.deterministic"], seed=p["train.seed"],
+                      batch_size=s.batch_size, augment=True, hflip=p["train.hflip"], compile=p["train.compile"])
+    schedule = Schedule(epochs=s.epochs, lr=s.lr, milestones=(), gamma=1.0, momentum=p["train.momentum"],
+                        weight_decay=s.weight_decay)
+    return SslConfig(s, runtime, schedule)
+
+
+def pretrain_init(p: StageParams) -> SslConfig | None:
+    """pretrain.init's self-supervised run, None for scratch (the seeded random start)."""
+    return None if p["pretrain.init"] == "scratch" else ssl(p, p["pretrain.init"])
+
+
+def linear(p: StageParams) -> LinearSettings:
+    """`ssl.linear`: the head of the linear evaluation."""
+    s = p["ssl.linear"]
+    return LinearSettings(epochs=s["epochs"], lr=s["lr"], batch_size=s["batch_size"], weight_decay=s["weight_decay"],
+                          momentum=p["train.momentum"], stem_bits=s["stem_bits"])

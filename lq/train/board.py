@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,10 @@ log = logging.getLogger("lq")
 CURVE_COLUMNS = ["step", "task", "epoch", "loss", "accuracy", "lr"]
 
 
-def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
+def write_curve(path: Path, history: list[dict[str, Any]], columns: Sequence[str] = CURVE_COLUMNS) -> None:
     """Per-epoch training curve as CSV (a DVC plot); deterministic, no timings."""
     buffer = io.StringIO()
-    pd.DataFrame(history, columns=CURVE_COLUMNS).to_csv(buffer, index=False, lineterminator="\n")
+    pd.DataFrame(history, columns=list(columns)).to_csv(buffer, index=False, lineterminator="\n")
     write_text(path, buffer.getvalue())
 
 
@@ -45,8 +45,9 @@ class Board:
                 log.warning("no TensorBoard scalars for this run (%s: %s)", exc.strerror or exc, self.log_dir)
                 self.writer = False
                 return
-        for key in ("loss", "accuracy", "lr"):
-            self.writer.add_scalar(f"train/{key}", row[key], row["step"])
+        for key in ("loss", "accuracy", "lr", "embedding_std"):
+            if row.get(key) is not None:
+                self.writer.add_scalar(f"train/{key}", row[key], row["step"])
         self.writer.flush()
 
     def close(self) -> None:

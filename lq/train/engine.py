@@ -106,6 +106,10 @@ class Engine:
         self.timing = _read_timing(self.resume.file("timing.json"))
         self.board = Board(run)
         self.config: dict[str, Any] = {}
+        # What a stage may change about training data and the curve: self-supervised training
+        # draws its own views (lq.ssl.views) and has no accuracy to plot.
+        self.view_augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+        self.curve_columns: Sequence[str] | None = None
         log.info("device %s; %d images of shape %s in %d classes", describe(self.device),
                  len(self.bank.labels), self.bank.shape, len(self.bank.classes))
 
@@ -123,6 +127,7 @@ class Engine:
     def training_batches(self, rows: torch.Tensor) -> Batches:
         """Shuffled, augmented batches (pad = image size / 8: 4 pixels on CIFAR, 1 on 8x8 digits)."""
         augment = Augment(pad=max(1, self.bank.shape[1] // 8), hflip=self.runtime.hflip) if self.runtime.augment else None
+        augment = self.view_augment or augment
         return Batches(self.bank, rows, self.runtime.batch_size, shuffle=True, augment=augment)
 
     def add_label_noise(self, share: float, seed: int) -> None:
@@ -287,7 +292,10 @@ class Engine:
                 with output_dir(task_dir, *made_by) as tmp:
                     for t in range(tasks):
                         shutil.copyfile(self.resume.file(f"task{t}.pt"), tmp / f"task{t}.pt")
-            write_curve(curve, self.history)
+            if self.curve_columns is None:
+                write_curve(curve, self.history)
+            else:
+                write_curve(curve, self.history, self.curve_columns)
             self.resume.clear()
         self.board.close()
         barrier(self.world)
@@ -322,7 +330,7 @@ class Loop:
         started = time.perf_counter()
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
+        seen = counted = 0  # images, and images with logits (a self-supervised loss has none)
         bar = tqdm(batches, total=total, leave=False, disable=None, desc=f"{self.label} epoch {epoch + 1}/{epochs}")
         for step, (rows, x, y) in enumerate(bar):
             x = self._layout(x)
@@ -360,20 +368,24 @@ class Loop:
             for plugin in self.plugins:
                 plugin.after_step(model)
             total_loss += objective.detach() * len(y)
-            correct += (out.logits.argmax(1) == y).sum()
+            if out.logits is not None:
+                correct += (out.logits.argmax(1) == y).sum()
+                counted += len(y)
             seen += len(y)
             self.kill_hook(task, phase, epoch, step)
         total_loss, correct = all_reduce_sum(total_loss, world), all_reduce_sum(correct, world)
         seen = int(all_reduce_sum(torch.tensor(seen, device=device), world).item())
+        counted = int(all_reduce_sum(torch.tensor(counted, device=device), world).item())
         row = {
             "step": len(self.history) + 1, "task": task, "epoch": epoch + 1,
             "loss": round(total_loss.item() / max(seen, 1), 6),
-            "accuracy": round(correct.item() / max(seen, 1), 6),
+            "accuracy": round(correct.item() / max(seen, 1), 6) if counted else None,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         self.history.append(row)
-        log.info("%s epoch %d/%d: loss %.4f, train accuracy %.4f, lr %g, %d images (%.1fs)%s", self.label,
-                 epoch + 1, epochs, row["loss"], row["accuracy"], row["lr"], seen, time.perf_counter() - started,
+        accuracy = f", train accuracy {row['accuracy']:.4f}" if counted else ""
+        log.info("%s epoch %d/%d: loss %.4f%s, lr %g, %d images (%.1fs)%s", self.label,
+                 epoch + 1, epochs, row["loss"], accuracy, row["lr"], seen, time.perf_counter() - started,
                  self.progress() if self.progress else "")
         return row
 

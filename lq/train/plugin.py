@@ -73,10 +73,11 @@ class TaskContext:
 
 @dataclass
 class StepLoss:
-    """The objective of one batch and the logits its training accuracy is counted on."""
+    """The objective of one batch and the logits its training accuracy is counted on (None: a loss
+    without labels, e.g. self-supervised; the epoch then has no training accuracy)."""
 
     loss: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
 
 class Batch:

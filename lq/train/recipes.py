@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from lq.quant.config import QuantConfig
 from lq.train import spec
 from lq.train.coreset import Coreset, CoresetSettings
@@ -64,10 +66,15 @@ class QatRecipe(Recipe):
                         labels=lambda rows: engine.bank.training_labels[rows], flipped=engine.flipped)]
 
 
-def pretrain(recipe: Recipe, *, store: Path, split: Path, out: Path, curve: Path) -> None:
-    """The full-precision model on task 0 (SPEC 6.1)."""
+def pretrain(recipe: Recipe, *, store: Path, split: Path, out: Path, curve: Path, start: nn.Module | None = None,
+             record: Mapping[str, Any] | None = None) -> None:
+    """The full-precision model on task 0 (SPEC 6.1). `start`: a trained backbone of the same
+    architecture whose weights, all but the classifier head, replace the seeded initialisation
+    (pretrain.init, `lq.train.ssl.pretrain`); `record` goes into the checkpoint's config."""
     engine = recipe.engine(store, [store, split])
-    model = engine.new_model(engine.model_spec(recipe.arch), None, stage="pretrain")
+    model = engine.new_model(engine.model_spec(recipe.arch), None, stage="pretrain", **(record or {}))
+    if start is not None:
+        load_backbone(model, start)
     engine.train(model, [TaskPlan(0, engine.table(split / "train0.csv"), recipe.phases)])
     engine.finish(model, curve, out=out)
 
@@ -83,6 +90,14 @@ def qat(recipe: QatRecipe, *, store: Path, split: Path, init: Path, out: Path, c
     plugins = [*recipe.coreset_plugins(engine, reference), *recipe.quantization_plugins()]
     engine.train(model, [TaskPlan(0, engine.table(split / "train0.csv"), recipe.phases)], plugins)
     engine.finish(model, curve, out=out, timing=timing, record=coreset_record(recipe, plugins))
+
+
+def load_backbone(model: nn.Module, backbone: nn.Module) -> None:
+    """Copy every weight of `backbone` into `model` but the classifier head (`head.*`)."""
+    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("head.")}
+    if set(state) != {k for k in model.state_dict() if not k.startswith("head.")}:
+        raise RuntimeError("the backbone's weights do not match the model's")  # one architecture: a bug
+    model.load_state_dict({**model.state_dict(), **state})
 
 
 def coreset_record(recipe: QatRecipe, plugins: list[Plugin]) -> dict[str, Any]:

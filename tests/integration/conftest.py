@@ -48,6 +48,7 @@ PRIORITY = [
     "test_a_small_grid_runs_and_aggregates_over_seeds", "test_paths_with_spaces_and_quotes_work_end_to_end",
     "test_editing_one_methods_lambda_reruns_only_its_cells_in_both_tools",
     "test_ll_lambda_edit_reruns_only_lifelong_and_evaluate",
+    "test_ssl_stages_and_a_self_supervised_start_through_snakemake_and_dvc",
     "test_dvc_repro_kill_in_task2_then_repro_resumes_bit_identical",
     "test_snakemake_kill_in_task1_then_rerun_incomplete_resumes_bit_identical",
     "test_lifelong_never_reads_test_data",

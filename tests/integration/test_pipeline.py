@@ -6,8 +6,9 @@ import re
 
 import pytest
 
+from lq import config as lqconfig
 from lq.pipeline import TABLE_PATH, load_table
-from tests.conftest import run
+from tests.conftest import run, set_param
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +28,16 @@ def _dvc_edges(dot: str) -> set[tuple[str, str]]:
 
 
 def test_rulegraph_edges_equal_dvc_dag_edges(project):
-    snake = run(["snakemake", "--rulegraph", "--quiet", "all"], project).stdout
-    dvc = run(["dvc", "dag", "--dot"], project).stdout
-    edges = _snakemake_edges(snake)
-    assert edges, "the rule graph has no edges"
-    assert edges == _dvc_edges(dvc)
-    assert {s.name for s in STAGES} == {n for e in edges for n in e}
+    # the default grid runs no self-supervised stage (grid.ssl: []), in either tool
+    for ssl in ([], ["ssql"]):
+        set_param(project, "grid.ssl", ssl)
+        snake = run(["snakemake", "--rulegraph", "--quiet", "all"], project).stdout
+        dvc = run(["dvc", "dag", "--dot"], project).stdout
+        edges = _snakemake_edges(snake)
+        assert edges, "the rule graph has no edges"
+        assert edges == _dvc_edges(dvc)
+        off = set() if ssl else {"ssl", "ssl_linear"}
+        assert {s.name for s in STAGES} - off == {n for e in edges for n in e}
 
 
 def test_snakemake_lint_is_clean(project):
@@ -42,7 +47,11 @@ def test_snakemake_lint_is_clean(project):
 
 def test_each_rule_passes_exactly_its_declared_keys(project):
     """The command of each job carries `--set key=value` for its keys and no others."""
+    set_param(project, "grid.ssl", ["ssql"])
+    set_param(project, "pretrain.init", "ssql")  # pretrain then tracks ssl.methods.ssql, not .scratch
+    config = lqconfig.load(project / "params.yaml")
     out = run(["snakemake", "-n", "-p", "--forceall", "all"], project).stdout
     for stage in STAGES:
         line = next(l for l in out.splitlines() if f"python -m lq {stage.name} " in l)
-        assert re.findall(r"--set '?([\w.]+)=", line) == stage.declared_params(DEFAULT_CELL)
+        assert re.findall(r"--set '?([\w.]+)=", line) == stage.declared_params({**DEFAULT_CELL, "ssl": "ssql"}, config=config)
+    assert "ssl.methods.ssql=" in next(l for l in out.splitlines() if "python -m lq pretrain " in l)

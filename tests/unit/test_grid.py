@@ -48,7 +48,8 @@ def test_every_stage_runs_per_exactly_the_axes_its_outputs_name():
     assert axes["count"] == {"method"}  # BaLL weights of the pool each method trains on
     assert axes["pretrain"] == {"seed"}
     assert axes["qat8"] == {"seed", "quantizer"}
-    assert axes["lifelong"] == axes["evaluate"] == set(grid.AXES)
+    assert axes["lifelong"] == axes["evaluate"] == set(grid.LIFELONG_AXES) == set(grid.AXES) - {"ssl"}
+    assert axes["ssl"] == axes["ssl_linear"] == {"ssl", "seed"}  # self-supervised: per method and seed
     assert axes["aggregate"] == set()
     aggregate = next(s for s in stages if s.name == "aggregate")
     assert aggregate.gathered(aggregate.deps["metrics"]) == ["seed", "quantizer", "method", "bits"]

@@ -23,13 +23,17 @@ def test_dvc_params_are_exactly_the_declared_keys_plus_their_preset_overrides():
         tracked = dvc["stages"][stage.name].get("params", [])
         base = [k for k in tracked if k != "preset" and not k.startswith("presets.")]
         assert base == stage.declared_params(item="${{item.{}}}".format)
-        # per cell: lifelong.methods.${item.method}, quantizers.${item.quantizer}
+        # per cell: lifelong.methods.${item.method}, quantizers.${item.quantizer}, ssl.methods.${item.ssl};
+        # by a parameter's value: ssl.methods.${pretrain.init}, for every value it may take
         grid_values = lqconfig.resolve(raw)["grid"]
+        ssl_methods = lqconfig.load_schema()["$defs"]["ssl_method_name"]["enum"]
         for key in tracked:
             for method in grid_values["method"]:
                 for quantizer in grid_values["quantizer"]:
-                    filled = key.replace("${item.method}", method).replace("${item.quantizer}", quantizer)
-                    assert lqconfig.has_key(raw, filled), f"dvc.yaml tracks {filled}, which params.yaml lacks"
+                    for ssl in ssl_methods:
+                        filled = (key.replace("${item.method}", method).replace("${item.quantizer}", quantizer)
+                                  .replace("${item.ssl}", ssl).replace("${pretrain.init}", ssl))
+                        assert lqconfig.has_key(raw, filled), f"dvc.yaml tracks {filled}, which params.yaml lacks"
 
 
 def test_pipeline_check_detects_a_stage_table_edit(tmp_path):

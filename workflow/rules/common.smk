@@ -12,7 +12,7 @@ from lq import checks
 from lq import config as lqconfig
 from lq import grid, overlay, workspace
 from lq.errors import LqError
-from lq.pipeline import fill, load_table, placeholders
+from lq.pipeline import fill, fill_refs, load_table, placeholders
 
 try:
     # `--config 'lifelong={epochs: 1}'` arrives as strings ('1'): read them as YAML, as --set does.

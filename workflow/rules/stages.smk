@@ -50,7 +50,9 @@ def declare(stage):
     # cell where the key names an axis (`lifelong.methods.{method}`); `sets` passes them on.
     values = {
         key.replace(".", "__").replace("{", "").replace("}", ""): (
-            lambda wildcards, key=key: lqconfig.get_key(PARAMS, fill(key, dict(wildcards.items())))
+            lambda wildcards, key=key: lqconfig.get_key(
+                PARAMS, fill_refs(fill(key, dict(wildcards.items())), lambda ref: lqconfig.get_key(PARAMS, ref))
+            )
         )
         for key in stage.params
     }
