@@ -365,4 +365,30 @@ def report_lines(p: dict) -> list[str]:
         c = p[key]
         for name, R in ((label[0], c["lq_R"]), (label[1], c["avalanche_R"])):
             lines.append(f"- {name}: " + " / ".join("[" + ", ".join(f"{v:.3f}" for v in row) + "]" for row in R))
-    return lines
+    return lines + ["", *MATCHING]
+
+
+MATCHING = """What matches and what does not:
+- Same on both sides: the model object (lq's w4a4 ProxQ ResNet-20 from the pipeline's seed-0 qat8
+  checkpoint, converted by `lq.train.spec`), the store, split and replay sets the pipeline's stages
+  wrote, each task's pool (train_t and the earlier replay sets), SGD (lr, momentum, weight decay)
+  made fresh per task with its MultiStep decay per epoch, batch size, random crop with 1 zero pixel
+  and no flip, normalisation by the training split's mean and std, plain cross-entropy, seed 0, one
+  thread, every task's model kept on disk, and the scoring function.
+- EWC: Avalanche's `EWCPlugin` in `online` mode with `decay_factor=1` is lq's online EWC without
+  decay (F = Σ_k F_k, anchor θ^{t−1}, penalty λ Σ F (θ − θ*)², the same λ); its importance, like
+  lq's, is the mean over batches of the squared gradient of cross-entropy in eval mode. Avalanche
+  takes it on the experience's whole training set; the bench passes it task k's replay set with
+  batches of 100 instead (a 10-line subclass), as lq does: on the same model and replay set the two
+  importances agree to 2e-6 (relative, float rounding).
+- lq's `ewc` defaults to the BaLL loss (`balanced: true`), which Avalanche does not have: both sides
+  run it with plain cross-entropy here (`balanced: false`).
+- Not the same: the batches. lq draws its shuffle and augmentation from its own seeded generators
+  as whole-batch tensor ops; Avalanche's DataLoader shuffles with torch's global generator and
+  transforms sample by sample. The accuracy matrices therefore differ by a few test images per cell
+  (one seed, 180-215 test images per task). After task 0 all four models miss only one or two test
+  images of task 0's classes, the ceiling of a task-0 model (0.597 on task 1, 0.163 on task 2, whose
+  other classes it has not seen), so the first rows coincide. Avalanche also computes an importance after the last task,
+  which lq skips (one replay pass). The schedule is the pipeline's, shortened (3 epochs per task,
+  milestone at epoch 2, as 7 of 10). Times: per epoch, the training loop with its batches; per
+  stage, from the files to every task's model on disk (lq's includes its per-epoch resume state).""".splitlines()
