@@ -19,6 +19,7 @@ Plus one FP32 ResNet-20 epoch at 32x32 on random CIFAR-shaped data (synthetic) o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import statistics
@@ -133,7 +134,8 @@ def run_lq(s: dict, method: str, workdir: Path, tag: str) -> dict:
     out = workdir / f"lq-{method}-{tag}"
     recipe = LifelongRecipe(f"bench-{method}-{tag}", s["runtime"], s["arch"], s["schedule"], {"bench": tag},
                             quant=s["quant"], method=method, method_settings=s["ewc"] if method == "ewc" else {})
-    with EpochClock() as clock:
+    # In the scratch folder: the engine keeps its resume state and TensorBoard runs under the cwd.
+    with contextlib.chdir(workdir), EpochClock() as clock:
         start = time.perf_counter()
         lq_lifelong(recipe, store=root / "data/store", split=root / "data/split", replay=root / "data/replay",
                     counts=root / "data/counts/finetune", init=s["init"], out=out / "models", curve=out / "curve.csv")
