@@ -45,8 +45,15 @@ dag: setup
 dvc.yaml: setup
 	python -m lq.pipeline write
 
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+# the `bench` extra (Avalanche, for the peer comparison) on top of the test setup
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 # speed benchmarks (not part of the tests): prints ratios, writes bench/results.json and bench/RESULTS.md
-bench: setup
+bench: setup $(BENCH_STAMP)
 	python bench/run.py
 
 lint: setup

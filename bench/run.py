@@ -9,6 +9,11 @@
 - overhead: wall time of a no-op `snakemake -n all` and of `dvc status`. Target < 2 s each.
 - e2e:      the embedded default pipeline (`snakemake --cores 2 all`) from scratch. Target <= 180 s.
 - gpu:      when CUDA is present, a w4a4 epoch on CIFAR-100-sized data: images/s and ratio to FP32.
+- peers:    lq vs Avalanche (the `bench` extra) on the same w4a4 ResNet-20 and digits stream:
+            finetune vs Naive, ewc vs EWC, per-epoch and whole-stage time ratios and both accuracy
+            matrices, plus one FP32 epoch at 32x32 (bench/peers.py).
+
+A subset keeps the other sections of bench/results.json (each with the time it was measured).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from lq.data.sources import load_folder  # noqa: E402
 from lq.data.store import write_store  # noqa: E402
@@ -38,6 +44,7 @@ from lq.quant.config import QuantConfig  # noqa: E402
 from lq.quant.convert import quantize_model  # noqa: E402
 from lq.train.data import Augment, Batches, load_bank  # noqa: E402
 
+SECTIONS = ("data", "step", "pipeline", "gpu", "peers")
 TARGETS = {"data": (">=", 20.0), "step": ("<=", 1.3), "snakemake_noop_s": ("<", 2.0), "dvc_status_s": ("<", 2.0),
            "e2e_s": ("<=", 180.0)}
 
@@ -198,6 +205,29 @@ def verdict(name: str, value: float) -> str:
     return f"{'met' if ok else 'MISSED'} (target {op} {target:g})"
 
 
+def merged(results: dict, which: list[str], old: dict) -> dict:
+    """`results` plus the sections of the previous results (`old`) that this run did not measure;
+    a run of peers alone keeps the old machine and date for the main table it did not remeasure."""
+    kept = {k: v for k, v in old.items() if k in SECTIONS and k not in which}
+    if kept and not any(k in results for k in ("data", "step", "pipeline", "gpu")):
+        results = {**results, "machine": old.get("machine", results["machine"]), "when": old.get("when", results["when"])}
+    return {**kept, **results}
+
+
+def notes(text: str) -> list[str]:
+    """The hand-written notes under the main table of a RESULTS.md text, kept across runs."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Notes")), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return ["", *lines[start:end]]
+
+
+def read_if(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def write_report(results: dict) -> None:
     (REPO / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]
@@ -225,13 +255,20 @@ def write_report(results: dict) -> None:
                      f"{g['fp32_images_per_s']:.0f} images/s | {g['ratio']:.2f}x | |")
     else:
         lines.append("| GPU | not measured: no CUDA device on this machine | | |")
+    lines += notes(read_if(REPO / "bench" / "RESULTS.md"))
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if "peers" in results:
+        from peers import report_lines
+
+        lines += report_lines(results["peers"])
     (REPO / "bench" / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", default=["data", "step", "pipeline", "gpu"],
-                        help="benchmarks to run: data step pipeline gpu")
+    parser.add_argument("which", nargs="*", default=list(SECTIONS),
+                        help="benchmarks to run: " + " ".join(SECTIONS))
     args = parser.parse_args()
     results: dict = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="lq-bench-") as tmp:
@@ -248,8 +285,19 @@ def main() -> int:
         if "gpu" in args.which and torch.cuda.is_available():
             results["gpu"] = bench_gpu()
             print("gpu", json.dumps(results["gpu"]), flush=True)
+        if "peers" in args.which:
+            from peers import bench_peers
+
+            peers = bench_peers(workdir / "peers")
+            results["peers"] = {**peers, "machine": machine(), "when": results["when"]}
+            print("peers", json.dumps({k: v for k, v in peers.items() if not k.endswith("_vs_naive") and k != "ewc_vs_ewc"}),
+                  flush=True)
+            for key in ("finetune_vs_naive", "ewc_vs_ewc"):
+                c = peers[key]
+                print(f"peers {key}: epoch ratio {c['epoch_ratio']:.2f}x, stage ratio {c['stage_ratio']:.2f}x", flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
-    write_report(results)
+    old = read_if(REPO / "bench" / "results.json")
+    write_report(merged(results, args.which, json.loads(old) if old else {}))
     print((REPO / "bench" / "RESULTS.md").read_text())
     return 0
 
