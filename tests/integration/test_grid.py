@@ -42,8 +42,8 @@ def test_grid_expands_to_the_expected_jobs_in_snakemake_and_dvc(project, values,
         counts[name.split("@")[0]] = counts.get(name.split("@")[0], 0) + 1
     assert counts == {k: v for k, v in expected.items() if k != "all"}
     cells = {n.split("@")[1] for n in status if n.startswith("lifelong@")}
-    full = grid.cells({"bits": ["w4a4"], "quantizer": ["proxq"], **values}, grid.AXES)
-    assert cells == {"-".join(c[a] for a in grid.AXES) for c in full}
+    full = grid.cells({"bits": ["w4a4"], "quantizer": ["proxq"], **values}, grid.LIFELONG_AXES)
+    assert cells == {"-".join(c[a] for a in grid.LIFELONG_AXES) for c in full}
 
 
 def test_adding_a_seed_plans_only_the_new_cells_and_the_aggregate(project):
