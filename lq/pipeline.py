@@ -39,7 +39,7 @@ DVC_HEADER = (
     "# tests/integration/test_pipeline.py fails when this file differs from a fresh generation.\n"
 )
 LQ_ROOT = REPO_ROOT / "lq"
-FIELDS = {"doc", "axes", "deps", "outs", "files", "params", "metrics", "plots", "report", "resources"}
+FIELDS = {"doc", "axes", "deps", "outs", "files", "params", "metrics", "plots", "uncached", "report", "resources"}
 # The placeholder of a directory output's file names that runs over the tasks 0..split.num_tasks-1.
 TASK = "{task}"
 
@@ -136,6 +136,7 @@ class Stage:
     axes: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
+    uncached: tuple[str, ...] = ()  # other outputs kept in git, not in DVC's cache
     report: dict[str, dict[str, str]] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -250,6 +251,7 @@ def load_table(path: Path = TABLE_PATH) -> tuple[str, list[Stage]]:
             axes=tuple(grid.axis(a).name for a in _as_tuple(row.get("axes"), "axes", name)),
             metrics=_as_tuple(row.get("metrics"), "metrics", name),
             plots=_as_tuple(row.get("plots"), "plots", name),
+            uncached=_as_tuple(row.get("uncached"), "uncached", name),
             report=dict(row.get("report") or {}),
             resources=dict(row.get("resources") or {}),
             files={out: _as_tuple(names, f"files.{out}", name) for out, names in (row.get("files") or {}).items()},
@@ -260,9 +262,9 @@ def load_table(path: Path = TABLE_PATH) -> tuple[str, list[Stage]]:
                 if ref not in stage.params:
                     raise LqError(f"{path}: stage '{name}': parameter '{key}' names '{ref}', which the stage must "
                                   "declare too (so a change of it reruns the stage)")
-        for extra in (*stage.metrics, *stage.plots):
+        for extra in (*stage.metrics, *stage.plots, *stage.uncached):
             if extra not in stage.outs.values():
-                raise LqError(f"{path}: stage '{name}': metric/plot '{extra}' is not one of its outs")
+                raise LqError(f"{path}: stage '{name}': metric/plot/uncached '{extra}' is not one of its outs")
         for out_name in stage.report:
             if out_name not in stage.outs:
                 raise LqError(f"{path}: stage '{name}': report entry '{out_name}' is not one of its outs")
@@ -330,7 +332,7 @@ def render_dvc_yaml(stages: list[Stage], params_file: str, raw_params: Mapping,
     A stage over axes gets `matrix: {axis: ${grid.axis}}`, interpolated by DVC from params.yaml,
     so editing the grid needs no new dvc.yaml. Metrics and plots are stage outputs with
     `cache: false` (small, diffable, versioned by git so `dvc metrics diff main branch` needs no
-    remote). A gathered dependency is the folder above its pattern (DVC has no globs).
+    remote), and so are `uncached` outputs (plain outs). A gathered dependency is the folder above its pattern (DVC has no globs).
     """
     specs = plot_specs or {}
     doc: dict[str, Any] = {"stages": {}}
@@ -351,6 +353,8 @@ def render_dvc_yaml(stages: list[Stage], params_file: str, raw_params: Mapping,
             if raw in stage.metrics or raw in stage.plots:
                 spec = copy.deepcopy(specs.get(raw) or {})
                 sections["metrics" if raw in stage.metrics else "plots"].append({path: {"cache": False, **spec}})
+            elif raw in stage.uncached:
+                sections["outs"].append({path: {"cache": False}})
             else:
                 sections["outs"].append(path)
         entry.update({name: items for name, items in sections.items() if items})

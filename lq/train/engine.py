@@ -249,7 +249,7 @@ class Engine:
             row = loop.epoch(batches.indexed_epoch(key), len(batches), (task, index, epoch), schedule.epochs,
                              first=epoch == start_epoch, draw=lambda rows_, step, k: batches.view(rows_, (*key, step, k)))
             scheduler.step()
-            self._time_epoch(training - selecting, time.perf_counter() - training, len(rows))
+            self._time_epoch(training - selecting, time.perf_counter() - training, len(rows), len(ctx.rows))
             for plugin in plugins:
                 plugin.after_epoch(ctx, row)
             if self.world.is_main:
@@ -264,10 +264,11 @@ class Engine:
             barrier(self.world)  # ranks move on together, none while the main rank still writes
         sync_buffers(model, self.world)
 
-    def _time_epoch(self, selection: float, training: float, images: int) -> None:
+    def _time_epoch(self, selection: float, training: float, images: int, pool: int) -> None:
         self.timing["selection_seconds"] += selection
         self.timing["train_seconds"] += training
         self.timing["images_seen"] += images
+        self.timing["pool_images"] += pool  # what the epoch would have seen on the whole pool (full data)
         self.timing["epochs"] += 1
 
     # --- outputs ------------------------------------------------------------------------------------
@@ -412,7 +413,7 @@ def fit(model: nn.Module, batches: Any, schedule: Schedule, plugins: Sequence[Pl
     return history
 
 def _read_timing(path: Path) -> dict[str, Any]:
-    timing = {"train_seconds": 0.0, "selection_seconds": 0.0, "images_seen": 0, "epochs": 0}
+    timing = {"train_seconds": 0.0, "selection_seconds": 0.0, "images_seen": 0, "pool_images": 0, "epochs": 0}
     if path.exists():
         timing.update(json.loads(path.read_text()))
     return timing

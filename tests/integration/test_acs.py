@@ -2,7 +2,8 @@
 
 One run on a clone of `trained_upstream` (FP32 and w8a8 made, the short lifelong setting): ACS at
 f = 0.3 with a round every epoch and ACS-scored replay reruns qat8 (it tracks coreset.*) and the
-lifelong chain, never pretrain; the timing files and the replay sets the run used are checked.
+lifelong chain, never pretrain; the timing files, the aggregate's time table and the replay sets the
+run used are checked.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def test_acs_coreset_and_scored_replay_run_through_snakemake(tmp_path, trained_u
     assert qat8["train_seconds"] > 0 and qat8["selection_seconds"] > 0
     lifelong = json.loads((root / f"timings/{CELL}.json").read_text())
     assert lifelong["replay_selection"] == "acs" and {r["task"] for r in lifelong["rounds"]} == {0, 1, 2}
+    assert lifelong["pool_images"] == sum(r["pool"] for r in lifelong["rounds"])  # a round every epoch
+
+    # the aggregate's time table: both stages, their seconds and shares of full-data training
+    table = pd.read_csv(root / "results/timings.csv").set_index("stage")
+    assert table.loc["qat8", "coreset"] == "acs" and table.loc["qat8", "images_seen"] == qat8["images_seen"]
+    assert table.loc["qat8", "image_share"] == pytest.approx(qat8["images_seen"] / qat8["pool_images"], abs=1e-5)
+    assert table.loc["lifelong", "train_seconds_mean"] == pytest.approx(lifelong["train_seconds"], rel=1e-5)
+    assert 0 < table.loc["lifelong", "image_share"] < 0.35 < table.loc["lifelong", "model_share"] < 1
+    assert "| lifelong | lifequant | w4a4 | proxq | 1 | acs f=0.3 R=1 |" in (root / "results/timings.md").read_text()
 
     # the replay sets the run used: per class round(0.2 * n_c) of train_t, chosen by score, not the
     # replay stage's random sample; the BaLL weights of task 1 describe the pool they made

@@ -64,7 +64,7 @@ def test_dvc_repro_runs_every_stage_then_status_metrics_and_plots_work(reproduce
     assert rows == [(str(t), str(e)) for t in range(3) for e in (1, 2)]
     for out in ("data/store", "data/split", "data/replay", "data/counts", PRETRAIN, QAT8,
                 "plots/seed0/pretrain_curve.csv", "plots/seed0/proxq/qat8_curve.csv", LIFELONG_CURVE,
-                "results/summary.csv", "results/summary.md"):
+                "results/summary.csv", "results/summary.md", "results/timings.csv", "results/timings.md"):
         assert (root / out).exists(), out
     models = sorted(p.name for p in (root / LIFELONG).iterdir())
     assert models == ["MANIFEST.json", "task0.pt", "task1.pt", "task2.pt"]
