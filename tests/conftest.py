@@ -116,6 +116,20 @@ def set_param(root: Path, key: str, value) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def this_thread_only(fake, real):
+    """`fake` for calls from the calling thread, `real` for every other one: a test that patches a
+    module-wide function (subprocess.run, Path.write_text) must not reach the shared runs, which call
+    the same functions from background threads meanwhile (tests/integration/conftest.py)."""
+    import threading
+
+    owner = threading.get_ident()
+
+    def call(*args, **kwargs):
+        return (fake if threading.get_ident() == owner else real)(*args, **kwargs)
+
+    return call
+
+
 def set_params(root: Path, values: dict) -> None:
     """Edit several keys of params.yaml at once, keeping its comments and layout."""
     from lq.overlay import write_through

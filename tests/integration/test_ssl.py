@@ -53,7 +53,7 @@ def test_ssl_stages_and_a_self_supervised_start_through_snakemake_and_dvc(tmp_pa
         assert len(pd.read_csv(root / f"ptq/seed0/ssl/{method}.csv")) == 4
         curve = pd.read_csv(root / f"plots/seed0/ssl/{method}_curve.csv")
         assert list(curve.columns) == ["step", "task", "epoch", "loss", "embedding_std", "lr"] and len(curve) == 1
-    timing = json.loads((root / "timings/seed0/ssl/ssql.json").read_text())
+    timing = json.loads((root / "plots/seed0/ssl/ssql_timing.json").read_text())
     steps = -(-len(pd.read_csv(root / "data/split/train0.csv")) // 64)  # one draw per step of 64 images
     assert sum(timing["bit_draws"].values()) == steps
 
@@ -76,7 +76,7 @@ def test_ssl_stages_and_a_self_supervised_start_through_snakemake_and_dvc(tmp_pa
     out = run(["dvc", "repro", "-s", "pretrain@0"], root).stdout
     assert "Running stage 'pretrain@0'" in out
     config = checkpoint.load(root / PRETRAIN)["config"]
-    ssl_digest = json.loads((root / "timings/seed0/ssl/ssql.json").read_text())["weights_sha256"]
+    ssl_digest = json.loads((root / "plots/seed0/ssl/ssql_timing.json").read_text())["weights_sha256"]
     assert config["init"] == "ssql" and config["init_sha256"] == ssl_digest  # the ssl stage's very backbone
     assert not list((root / ".lq-resume").glob("pretrain*"))  # both parts' resume state is gone
     assert changed(root) == set()

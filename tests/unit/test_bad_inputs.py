@@ -28,6 +28,7 @@ from lq.io import read_table
 from lq.tasks import task_classes
 from lq.train import checkpoint
 from lq.train.engine import fit
+from tests.conftest import this_thread_only
 from lq.train.settings import Schedule
 
 RAW = lqconfig.read_yaml(REPO_ROOT / "params.yaml")
@@ -234,7 +235,7 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
             fh.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
 
-    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr(Path, "write_text", this_thread_only(full_disk, Path.write_text))
     with pytest.raises(OSError) as info:
         atomic.write_text(target, "image,label\n" + "train/cat/0.png,0\n" * 100)
     assert info.value.errno == errno.ENOSPC

@@ -11,6 +11,7 @@ from torch import nn
 
 from lq.train import distributed
 from lq.train.distributed import World, shard
+from tests.conftest import this_thread_only
 
 
 def test_shard_gives_equal_contiguous_slices_that_make_up_the_batch() -> None:
@@ -44,7 +45,7 @@ def test_relaunch_under_torchrun_decides_when_to_launch(monkeypatch: pytest.Monk
         calls.append(command)
         return subprocess.CompletedProcess(command, 7)
 
-    monkeypatch.setattr(distributed.subprocess, "run", fake_run)
+    monkeypatch.setattr(distributed.subprocess, "run", this_thread_only(fake_run, subprocess.run))
     assert distributed.relaunch_under_torchrun("pretrain", ["--store", "s"], nproc=1) is None
     assert calls == []
     assert distributed.relaunch_under_torchrun("pretrain", ["--store", "s"], nproc=2) == 7

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 
 import pytest
 
+from tests.conftest import this_thread_only
 from tests.integration import local_slurm
 
 
@@ -15,7 +18,7 @@ def slurm_missing(monkeypatch):
 
 
 def test_without_root_the_test_fails_saying_why(slurm_missing, monkeypatch):
-    monkeypatch.setattr(local_slurm.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(local_slurm.os, "geteuid", this_thread_only(lambda: 1000, os.geteuid))
     with pytest.raises(pytest.fail.Exception, match="needs apt-get as root"):
         local_slurm.install()
 
@@ -27,9 +30,10 @@ def test_an_apt_get_failure_fails_the_test_with_its_words(slurm_missing, monkeyp
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package slurm-wlm")
 
-    monkeypatch.setattr(local_slurm.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(local_slurm.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
-    monkeypatch.setattr(local_slurm.subprocess, "run", apt_get)
+    monkeypatch.setattr(local_slurm.os, "geteuid", this_thread_only(lambda: 0, os.geteuid))
+    monkeypatch.setattr(local_slurm.shutil, "which",
+                        this_thread_only(lambda name: "/usr/bin/apt-get" if name == "apt-get" else None, shutil.which))
+    monkeypatch.setattr(local_slurm.subprocess, "run", this_thread_only(apt_get, subprocess.run))
     with pytest.raises(pytest.fail.Exception, match="Unable to locate package slurm-wlm"):
         local_slurm.install()
     assert [c[:2] for c in calls] == [["apt-get", "install"], ["apt-get", "update"], ["apt-get", "install"]]
