@@ -23,10 +23,12 @@ from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from lq.models import create_model  # noqa: E402
 from lq.quant.config import QuantConfig  # noqa: E402
 from lq.quant.convert import quantize_model  # noqa: E402
+from run import bench_step  # noqa: E402  (bench/run.py: the step bench's alternating medians)
 
 # Operators -> the group a breakdown counts them in: exact aten names, or fragments of the names
 # of lq's autograd nodes (first match wins). round/clamp/ge/le/var_mean appear in the w4a4 step only.
@@ -93,23 +95,7 @@ def profile_models(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch
     return results
 
 
-def plain_ratio(models: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor, rounds: int = 5) -> list[float]:
-    """Median unprofiled step time (ms) of each model, measured in alternating rounds."""
-    import statistics
-    import time
-
-    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(rounds):
-        for i, (model, opt) in enumerate(zip(models, opts)):
-            for _ in range(3):
-                start = time.perf_counter()
-                one_step(model, opt, x, y)
-                times[i].append(time.perf_counter() - start)
-    return [1e3 * statistics.median(t) for t in times]
-
-
-def report(results: list[dict], plain: list[float], args: argparse.Namespace) -> str:
+def report(results: list[dict], plain: dict, args: argparse.Namespace) -> str:
     fp32, w4a4 = results
     lines = [
         "# Where a training step's time goes",
@@ -119,8 +105,8 @@ def report(results: list[dict], plain: list[float], args: argparse.Namespace) ->
         f"{platform.processor() or platform.machine()}, {args.threads} thread(s). Self CPU time per step (median over rounds), "
         "summed over operators (the profiler's own overhead included, so the total is above a plain step's time).",
         "",
-        f"Unprofiled step (median of alternating rounds): w4a4 / FP32 = {plain[1]:.1f} / {plain[0]:.1f} ms = "
-        f"**{plain[1] / plain[0]:.2f}x**; profiled: {w4a4['step_ms']:.1f} / {fp32['step_ms']:.1f} ms = "
+        f"Unprofiled step (`bench/run.py`'s step bench: median of alternating rounds): w4a4 / FP32 = {plain['w4a4_step_ms']:.1f} / {plain['fp32_step_ms']:.1f} ms = "
+        f"**{plain['ratio']:.2f}x**; profiled: {w4a4['step_ms']:.1f} / {fp32['step_ms']:.1f} ms = "
         f"{w4a4['step_ms'] / fp32['step_ms']:.2f}x (the profiler adds about the same time per operator call to both).",
         "",
         "| group | FP32 ms/step | w4a4 ms/step | w4a4 - FP32 |",
@@ -152,7 +138,7 @@ def main() -> None:
         model = create_model("resnet20", num_classes=100, in_channels=3, image_size=32)
         models.append(quantize_model(model, QuantConfig(weight_bits=bits, act_bits=bits)) if bits else model)
     results = profile_models(dict(zip(("FP32", "w4a4 ProxQ"), models)), x, y, args.rounds, args.steps)
-    text = report(results, plain_ratio(models, x, y), args)
+    text = report(results, bench_step(torch.device("cpu"), batch=args.batch), args)
     (REPO / "bench" / "PROFILE.md").write_text(text)
     print(text)
 

@@ -116,6 +116,14 @@ def set_param(root: Path, key: str, value) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def default_plan_stages() -> list:
+    """The stage table's stages that the shipped parameters plan (the self-supervised ones are off
+    by default: `grid.ssl: []`)."""
+    from lq.pipeline import load_table
+
+    return [stage for stage in load_table()[1] if "ssl" not in stage.axes]
+
+
 def this_thread_only(fake, real):
     """`fake` for calls from the calling thread, `real` for every other one: a test that patches a
     module-wide function (subprocess.run, Path.write_text) must not reach the shared runs, which call

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from lq.pipeline import load_table
 import yaml
 
 from lq import cluster
 from lq.train import pause
-from tests.conftest import job_stats
+from tests.conftest import default_plan_stages, job_stats
 from tests.integration.conftest import LONG, background, clone, one_thread_env
 from tests.integration.local_slurm import PARTITION, LocalSlurm, submissions
 
@@ -42,7 +41,7 @@ COMMAND = ["snakemake", "--profile", "workflow/profiles/slurm", "all",
            "--max-threads", "1",  # one OpenMP thread per job, as in the local reference run
            "--slurm-init-seconds-before-status-checks", "2"]  # a test's jobs take seconds
 PAUSE_AT = "0:1:3"  # pretrain: task 0, second epoch, after its fourth step
-RULES = [stage.name for stage in load_table()[1] if "ssl" not in stage.axes]  # one job each for one seed (SSL is off by default)
+RULES = [stage.name for stage in default_plan_stages()]  # one job each for one seed
 # What the run ends with, compared with the local run's bytes (the figures aside).
 RESULTS = ["models/seed0", "metrics/seed0", "plots/seed0", "ptq/seed0"]
 

@@ -8,12 +8,10 @@ import shutil
 
 import pytest
 
-from lq.pipeline import load_table
-from tests.conftest import copy_project, run
+from tests.conftest import copy_project, default_plan_stages, run
 
 pytestmark = pytest.mark.integration
-# the stages of the default plan (the self-supervised ones are off by default: `grid.ssl: []`)
-STAGES = [stage for stage in load_table()[1] if "ssl" not in stage.axes]
+STAGES = default_plan_stages()
 TWO_THREADS = ["--set-threads", "pretrain=2", "qat8=2", "lifelong=2", "evaluate=2"]
 
 
