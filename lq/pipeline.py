@@ -76,13 +76,17 @@ def fixed_prefix(path: str) -> str:
     return head.rsplit("/", 1)[0] if "/" in head else "."
 
 
-def module_file(module: str, root: Path = LQ_ROOT) -> Path | None:
-    """The source file of an `lq` module ('lq.train.engine' -> lq/train/engine.py), if any."""
-    base = root.parent.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+def module_files(root: Path = LQ_ROOT) -> dict[str, Path]:
+    """Every `lq` module's source file ('lq.train.engine' -> lq/train/engine.py), from one walk of
+    the package: each stage's closure looks modules up here instead of probing the disk."""
+    files: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        package = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if package else parts)
+        if not package or name not in files:  # lq/a.py wins over a package lq/a/ of the same name
+            files[name] = path
+    return files
 
 
 def _imports(path: Path) -> frozenset[str]:
@@ -109,13 +113,14 @@ def _parsed_imports(path: Path, mtime_ns: int, size: int) -> frozenset[str]:
 def code_files(step: str, root: Path = LQ_ROOT) -> list[str]:
     """Every `lq` source file the step `lq.steps.<step>` runs: the closure of its imports,
     parent packages included (importing `lq.a.b` runs `lq/a/__init__.py`), relative to the repo."""
+    files = module_files(root)
     seen: set[Path] = set()
     todo = [f"lq.steps.{step}", "lq.__main__"]
     while todo:
         module = todo.pop()
         parts = module.split(".")
         for depth in range(1, len(parts) + 1):
-            path = module_file(".".join(parts[:depth]), root)
+            path = files.get(".".join(parts[:depth]))
             if path is None or path in seen:
                 continue
             seen.add(path)
