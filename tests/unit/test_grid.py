@@ -62,7 +62,7 @@ def test_parallel_jobs_claim_different_gpus(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, time; from pathlib import Path; from lq.train.device import claim_free_gpu; "
+    code = ("import sys, time; from pathlib import Path; from lq.train.gpus import claim_free_gpu; "
             f"print(claim_free_gpu(2, Path({str(tmp_path)!r})), flush=True); time.sleep(float(sys.argv[1]))")
     first = subprocess.Popen([sys.executable, "-c", code, "5"], stdout=subprocess.PIPE, text=True)
     got_first = first.stdout.readline().strip()
