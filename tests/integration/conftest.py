@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QAT8, SHIPPED_PTQ, job_stats, new_project, run, set_param, set_params, tool_env
+from tests.conftest import QAT8, job_stats, new_project, run, set_param, tool_env
 
 WORKERS = 2
 # Generous limit for training runs: about a minute each on an idle 2-core machine, but much longer
@@ -311,11 +311,8 @@ def trained_upstream(folder: Path, data_run: Path) -> Path:
 
 @shared_run
 def trained(folder: Path, trained_upstream: Path) -> Path:
-    """`trained_upstream` finished by `snakemake --cores 1 all`, never interrupted, with the
-    shipped PTQ sweep (test_ptq.py checks its 24 pairs)."""
+    """`trained_upstream` finished by `snakemake --cores 1 all`, never interrupted."""
     root = clone(trained_upstream, folder / "repo")
-    set_params(root, SHIPPED_PTQ)
-    run(["git", "commit", "-qam", "the shipped PTQ sweep"], root)
     out = run(["snakemake", "--cores", "1", "all"], root, timeout=LONG)
     said = out.stdout + out.stderr
     assert job_stats(said) == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq": 1, "ptq_lifelong": 1, "all": 1}

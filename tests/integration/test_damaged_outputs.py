@@ -17,30 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LIFELONG, METRICS, new_project, planned_jobs, run, set_param, tool_env
+from tests.conftest import LIFELONG, METRICS, planned_jobs, run, tool_env
 from tests.integration.conftest import clone, in_background, shared_run
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "train.device": "cpu", "split.num_tasks": 2,
-    "pretrain.epochs": 1, "pretrain.milestones": [1],
-    "qat8.epochs": 1, "qat8.milestones": [1],
-    "lifelong.epochs": 1, "lifelong.milestones": [1],
-}
 DVC_CELL = "lifequant-w4a4-proxq-0"
 TASK1 = f"{LIFELONG}/task1.pt"
 FOLDERS = ("data/store", "data/split", "data/replay", "data/counts/lifequant", LIFELONG)
 
 
 @shared_run
-def finished(folder: Path) -> Path:
-    """A finished Snakemake run, recorded by `dvc commit`: both tools see it up to date."""
-    root = new_project(folder / "repo")
-    for key, value in FAST.items():
-        set_param(root, key, value)
-    run(["git", "commit", "-qam", "fast training"], root)
-    run(["snakemake", "--cores", "1", "all"], root)
+def finished(folder: Path, trained: Path) -> Path:
+    """The shared Snakemake run `trained`, recorded by `dvc commit`: both tools see it up to date."""
+    root = clone(trained, folder / "repo")
     run(["dvc", "commit", "-f", "-q"], root)
     run(["snakemake", "--cores", "1", "--touch", "all"], root)
     assert planned_jobs(root, "all") == {}
@@ -63,7 +53,7 @@ def test_every_folder_output_holds_exactly_its_manifest_files(finished):
         listed = json.loads((finished / folder / "MANIFEST.json").read_text())["files"]
         present = {p.name for p in (finished / folder).iterdir()} - {"MANIFEST.json", ".snakemake_timestamp"}
         assert set(listed) == present, folder
-    assert sorted(json.loads((finished / LIFELONG / "MANIFEST.json").read_text())["files"]) == ["task0.pt", "task1.pt"]
+    assert sorted(json.loads((finished / LIFELONG / "MANIFEST.json").read_text())["files"]) == ["task0.pt", "task1.pt", "task2.pt"]
 
 
 @in_background
