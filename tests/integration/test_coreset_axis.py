@@ -1,0 +1,55 @@
+"""Coreset values of the quantizer axis (`proxq+acs10`, issue 13 item 2) in both tools, dry runs only:
+Snakemake and DVC plan full-data and coreset cells side by side, the default cells keep their paths
+and stage names, and a bad value stops Snakemake naming its bad part."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import planned_jobs, run, set_param
+
+pytestmark = pytest.mark.integration
+
+SHARED = {"download": 1, "split": 1, "replay": 1, "count": 1, "pretrain": 1, "ptq": 1, "aggregate": 1}
+
+
+def test_a_coreset_value_plans_its_own_cells_beside_full_data_in_snakemake_and_dvc(project):
+    set_param(project, "grid.method", ["finetune"])
+    set_param(project, "grid.quantizer", ["proxq", "proxq+acs10"])
+    set_param(project, "quantizers.proxq+acs10", {})
+    per_cell = {"qat8": 2, "lifelong": 2, "evaluate": 2, "ptq_lifelong": 2}
+    assert planned_jobs(project, "all") == {**SHARED, **per_cell, "all": 1}
+    plan = run(["snakemake", "-n", "-p", "all"], project).stdout
+    qat8 = [line for line in plan.splitlines() if "python -m lq qat8 " in line]
+    assert len(qat8) == 2
+    # the default cell as before; the coreset cell under its own folder, its suffix passed as the axis value
+    assert any("--model models/seed0/proxq/qat8.pt" in l and "--axis quantizer=proxq " in l for l in qat8), qat8
+    assert any("--model models/seed0/proxq+acs10/qat8.pt" in l and "--axis quantizer=proxq+acs10 " in l
+               and "--set 'quantizers.proxq+acs10={}'" in l for l in qat8), qat8
+    assert "metrics/seed0/proxq+acs10/finetune-w4a4.json" in plan
+
+    # DVC: the same stages, named with the composite value; `dvc repro --dry` finds every parameter
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    assert {n for n in status if "@" in n and n.split("@")[0] in per_cell} == {
+        "qat8@proxq-0", "qat8@proxq+acs10-0", "lifelong@finetune-w4a4-proxq-0", "lifelong@finetune-w4a4-proxq+acs10-0",
+        "evaluate@finetune-w4a4-proxq-0", "evaluate@finetune-w4a4-proxq+acs10-0",
+        "ptq_lifelong@finetune-w4a4-proxq-0", "ptq_lifelong@finetune-w4a4-proxq+acs10-0"}
+    dry = run(["dvc", "repro", "--dry"], project)
+    text = dry.stdout + dry.stderr
+    assert "ERROR" not in text and "Running stage 'lifelong@finetune-w4a4-proxq+acs10-0'" in text, text[-3000:]
+    assert "--model models/seed0/proxq+acs10/qat8.pt" in text and "--axis quantizer=proxq+acs10" in text
+
+
+def test_the_shipped_coreset_grid_plans_three_quantizer_values_and_bad_values_are_named(project):
+    assert planned_jobs(project, "all", "--configfile", "workflow/grids/digits-coreset.yaml") == {
+        **SHARED, "count": 2, "qat8": 3, "lifelong": 6, "evaluate": 6, "ptq_lifelong": 6, "all": 1}
+
+    set_param(project, "grid.quantizer", ["proxq", "proxq+acs05"])
+    bad = run(["snakemake", "-n", "all"], project, check=False)
+    assert bad.returncode != 0
+    assert "the coreset part 'acs05' after '+' is not valid" in bad.stdout + bad.stderr
+    set_param(project, "grid.quantizer", ["proxq", "proxq+acs10"])  # valid, but without its settings block
+    missing = run(["snakemake", "-n", "all"], project, check=False)
+    assert missing.returncode != 0 and "add `proxq+acs10: {}` under `quantizers:`" in missing.stdout + missing.stderr
