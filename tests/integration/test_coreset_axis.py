@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.conftest import planned_jobs, run, set_param
 
@@ -36,10 +37,23 @@ def test_a_coreset_value_plans_its_own_cells_beside_full_data_in_snakemake_and_d
         "qat8@proxq-0", "qat8@proxq+acs10-0", "lifelong@finetune-w4a4-proxq-0", "lifelong@finetune-w4a4-proxq+acs10-0",
         "evaluate@finetune-w4a4-proxq-0", "evaluate@finetune-w4a4-proxq+acs10-0",
         "ptq_lifelong@finetune-w4a4-proxq-0", "ptq_lifelong@finetune-w4a4-proxq+acs10-0"}
-    dry = run(["dvc", "repro", "--dry"], project)
-    text = dry.stdout + dry.stderr
-    assert "ERROR" not in text and "Running stage 'lifelong@finetune-w4a4-proxq+acs10-0'" in text, text[-3000:]
-    assert "--model models/seed0/proxq+acs10/qat8.pt" in text and "--axis quantizer=proxq+acs10" in text
+    # `dvc repro --dry` checks a stage's parameters once its inputs exist: make the cheap ones (the
+    # store, split, replay sets and counts) and stand-in models for the trained ones (never read)
+    run(["dvc", "repro", "-q", "count@finetune"], project)
+    for model in ("models/seed0/pretrain.pt", "models/seed0/proxq+acs10/qat8.pt"):
+        (project / model).parent.mkdir(parents=True, exist_ok=True)
+        (project / model).write_bytes(b"stand-in")
+    for stage in ("qat8@proxq+acs10-0", "lifelong@finetune-w4a4-proxq+acs10-0"):
+        dry = run(["dvc", "repro", "--dry", "-s", stage], project)
+        text = dry.stdout + dry.stderr
+        assert f"Running stage '{stage}'" in text and "ERROR" not in text, text[-3000:]
+        assert "--axis quantizer=proxq+acs10" in text and "seed0/proxq+acs10/" in text, text[-3000:]
+    # the block is what DVC needs: without it DVC refuses the cell (lq's own check says so first)
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    del data["quantizers"]["proxq+acs10"]
+    (project / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    refused = run(["dvc", "repro", "--dry", "-s", "qat8@proxq+acs10-0"], project, check=False)
+    assert "Parameters 'quantizers.proxq+acs10' are missing" in refused.stdout + refused.stderr
 
 
 def test_the_shipped_coreset_grid_plans_three_quantizer_values_and_bad_values_are_named(project):
