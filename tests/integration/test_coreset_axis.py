@@ -26,9 +26,9 @@ def test_a_coreset_value_plans_its_own_cells_beside_full_data_in_snakemake_and_d
     qat8 = [line for line in plan.splitlines() if "python -m lq qat8 " in line]
     assert len(qat8) == 2
     # the default cell as before; the coreset cell under its own folder, its suffix passed as the axis value
-    assert any("--model models/seed0/proxq/qat8.pt" in l and "--axis quantizer=proxq " in l for l in qat8), qat8
-    assert any("--model models/seed0/proxq+acs10/qat8.pt" in l and "--axis quantizer=proxq+acs10 " in l
-               and "--set 'quantizers.proxq+acs10={}'" in l for l in qat8), qat8
+    assert any("--model models/seed0/proxq/qat8.pt" in c and "--axis quantizer=proxq " in c for c in qat8), qat8
+    assert any("--model models/seed0/proxq+acs10/qat8.pt" in c and "--axis quantizer=proxq+acs10 " in c
+               and "--set 'quantizers.proxq+acs10={}'" in c for c in qat8), qat8
     assert "metrics/seed0/proxq+acs10/finetune-w4a4.json" in plan
 
     # DVC: the same stages, named with the composite value; `dvc repro --dry` finds every parameter
