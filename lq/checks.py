@@ -83,7 +83,14 @@ def quantizer_problems(config: Mapping[str, Any]) -> list[str]:
     """Bit widths a grid quantizer cannot take, and INQ's settings a schema cannot check."""
     problems = []
     grid = config.get("grid") or {}
-    for name in grid.get("quantizer") or []:
+    blocks = config.get("quantizers") or {}
+    for value in grid.get("quantizer") or []:
+        name = str(value).partition("+")[0]  # without its coreset suffix (lq.grid.split_quantizer)
+        if name != value and value not in blocks:
+            block = "<a copy of quantizers.inq>" if name == "inq" else "{}"
+            problems.append(f"grid.quantizer {value} needs its own settings block, as every grid quantizer has: add "
+                            f"`{value}: {block}` under `quantizers:` (DVC tracks a cell's quantizer settings as "
+                            f"quantizers.<grid value>; with `dvc exp run`: -S '++quantizers={{{value}: {block}}}')")
         allowed = POW2_QUANTIZERS.get(name)
         if allowed is None:
             continue
@@ -94,16 +101,18 @@ def quantizer_problems(config: Mapping[str, Any]) -> list[str]:
         if bad:
             problems.append(f"grid.quantizer {name} puts weights on power-of-two levels, which take 2 to 8 bits "
                             f"(one for zero){'' if name == 'inq' else ' or 32'}; not {', '.join(bad)}")
-    inq = (config.get("quantizers") or {}).get("inq") or {}
-    if "portions" in inq:
-        problem = portions_problem(inq["portions"])
-        if problem:
-            problems.append(problem)
-    late = [m for m in inq.get("milestones") or [] if m > inq.get("epochs_per_phase", m)]
-    if late:
-        problems.append(f"quantizers.inq.milestones = {inq['milestones']} has milestone(s) {late} beyond "
-                        f"quantizers.inq.epochs_per_phase = {inq['epochs_per_phase']}: the learning rate would "
-                        "never be decayed there")
+    # INQ's own block and those of its coreset values (inq+acs10)
+    for key in [k for k in blocks if k == "inq" or str(k).startswith("inq+")]:
+        inq = blocks.get(key) or {}
+        if "portions" in inq:
+            problem = portions_problem(inq["portions"])
+            if problem:
+                problems.append(problem.replace("quantizers.inq.", f"quantizers.{key}.", 1))
+        late = [m for m in inq.get("milestones") or [] if m > inq.get("epochs_per_phase", m)]
+        if late:
+            problems.append(f"quantizers.{key}.milestones = {inq['milestones']} has milestone(s) {late} beyond "
+                            f"quantizers.{key}.epochs_per_phase = {inq['epochs_per_phase']}: the learning rate would "
+                            "never be decayed there")
     return problems
 
 

@@ -178,6 +178,16 @@ def resolve(raw: Mapping, overrides: Iterable[tuple[str, Any]] = (), axes: Mappi
 
 def _describe(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    path = list(error.absolute_path)
+    if path[:2] == ["grid", "quantizer"] and len(path) == 3 and error.validator == "anyOf":
+        if "+" in str(error.instance):
+            # a coreset suffix: name the bad part (the quantizer or the coreset) and the allowed forms
+            problem = grid.quantizer_problem(error.instance, load_schema()["$defs"]["quantizer"]["enum"])
+            if problem:
+                return problem
+        plain = [e for e in error.context if e.relative_schema_path and e.relative_schema_path[0] == 0]
+        if plain:  # a plain name: the quantizer list's own message
+            return _describe(plain[0])
     hint = error.schema.get("description") if isinstance(error.schema, dict) else None
     if _is_float_for_integer(error):
         allowed = f"; allowed: {hint}" if hint else ""

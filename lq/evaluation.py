@@ -45,6 +45,16 @@ class Expected:
     quantizer: str = ""
 
 
+def reported_quantizer(quant: QuantConfig | None, cell_quantizer: str) -> str:
+    """The metrics' `quantizer`: the cell's axis value; at 32-bit weights the quantizer that acted
+    (the float weights' default name), with the cell's coreset suffix kept (proxq+acs10), so cells
+    that differ only in their coreset stay apart in the comparison."""
+    if quant is not None and quant.weight_bits < 32 and cell_quantizer:
+        return cell_quantizer
+    _, sep, coreset = cell_quantizer.partition("+")
+    return spec.weight_quantizer(quant) + (sep + coreset if sep else "")
+
+
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, batches: Batches) -> tuple[float, float]:
     """(top-1, top-5) accuracy over all batches."""
@@ -87,8 +97,7 @@ def evaluate(expected: Expected, *, device: str, deterministic: bool, batch_size
     summary = {
         "method": expected.method,
         "bits": spec.bits_label(quant),
-        "quantizer": spec.weight_quantizer(quant) if quant is None or quant.weight_bits == 32 or not expected.quantizer
-        else expected.quantizer,
+        "quantizer": reported_quantizer(quant, expected.quantizer),
         "seed": expected.seed,
         "num_tasks": num_tasks,
         "average_accuracy": round(metrics.average_accuracy(R), 6),

@@ -12,9 +12,10 @@ Against full-data training, per run:
 - `model_share` = (images_seen + passes/3 · scored) / pool_images, the time the cost model of SPEC 10
   expects: a training step ≈ 3 forward passes, each round scores the `scored` pool images with
   `passes` forward passes (SCORING_PASSES); f + 2/(3R) for `acs` and `ds` when R divides the epochs.
-The measured time share needs a full-data run of the same setting: the coreset is one setting per
-workspace, so that run is another experiment or workspace (its `results/timings.csv`, or
-`dvc exp show`, which lists the timing files' seconds).
+- `time_share` = seconds / seconds of the full-data row of the same stage, method, bits and
+  quantizer, measured: the grid puts both side by side when its quantizer axis holds a coreset
+  value beside a full-data one (`[proxq, proxq+acs10]`, lq.grid); without one it is empty (the
+  full-data run is then another experiment or workspace: its `results/timings.csv`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SCORING_PASSES = {"full": 0, "random": 0, "evs": 1, "ds": 2, "acs": 2}
 SECONDS = ("train_seconds", "selection_seconds", "seconds")
 COLUMNS = ["stage", "method", "bits", "quantizer", "seeds", "coreset", "fraction", "every", "label_noise",
            "accuracy_mean", "accuracy_std", *(f"{c}_{s}" for c in SECONDS for s in ("mean", "std")),
-           "images_seen", "pool_images", "image_share", "model_share", "flipped_share"]
+           "images_seen", "pool_images", "image_share", "model_share", "flipped_share", "time_share"]
 
 
 def read_timings(records: Sequence[Mapping[str, Any]], lifelong: str, qat8: str) -> tuple[list[dict], list[dict]]:
@@ -100,6 +101,12 @@ def timing_table(qat8: Sequence[Mapping[str, Any]], lifelong: Sequence[Mapping[s
         groups.setdefault(("lifelong", r["method"], r["bits"], r["quantizer"]), []).append(r)
     for (stage, method, bits, quantizer), group in groups.items():
         rows.append(_row(stage, {"method": method, "bits": bits, "quantizer": quantizer}, group))
+    # measured time against the full-data row of the same run but for its coreset (proxq beside proxq+acs10)
+    for row in rows:
+        same = (row["stage"], row["method"], row["bits"], grid.base_quantizer(row["quantizer"]))
+        full = next((r for r in rows if r["coreset"] == "full"
+                     and (r["stage"], r["method"], r["bits"], grid.base_quantizer(r["quantizer"])) == same), None)
+        row["time_share"] = row["seconds_mean"] / full["seconds_mean"] if full and full["seconds_mean"] else float("nan")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -112,8 +119,8 @@ def _pm(mean: float, std: float, digits: int, scale: float = 1) -> str:
 def markdown_table(table: pd.DataFrame) -> str:
     """The timing table in Markdown: seconds as mean ± std over seeds, shares of full-data training."""
     headings = ["stage", "method", "bits", "quantizer", "seeds", "coreset", "avg accuracy (%)", "train (s)",
-                "selection (s)", "images seen", "images / full", "model time / full", "flipped (%)"]
-    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join(["---"] * 6 + ["---:"] * 7) + "|"]
+                "selection (s)", "images seen", "images / full", "model time / full", "flipped (%)", "time / full"]
+    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join(["---"] * 6 + ["---:"] * 8) + "|"]
     for _, r in table.iterrows():
         coreset = "full" if r["coreset"] == "full" else f"{r['coreset']} f={r['fraction']:g} R={r['every']}"
         cells = [r["stage"], r["method"] or "—", r["bits"] or "—", r["quantizer"], str(len(str(r["seeds"]).split())),
@@ -121,10 +128,11 @@ def markdown_table(table: pd.DataFrame) -> str:
                  _pm(r["train_seconds_mean"], r["train_seconds_std"], 1),
                  _pm(r["selection_seconds_mean"], r["selection_seconds_std"], 1), f"{r['images_seen']:.0f}",
                  _pm(r["image_share"], float("nan"), 3), _pm(r["model_share"], float("nan"), 3),
-                 _pm(r["flipped_share"], float("nan"), 1, 100)]
+                 _pm(r["flipped_share"], float("nan"), 1, 100), _pm(r["time_share"], float("nan"), 3)]
         lines.append("| " + " | ".join(cells) + " |")
     note = ("\nSeconds differ between runs (this table is not part of results/summary.csv). images / full: "
             "images trained on over those a full-data run trains on; model time / full: the time SPEC 10's "
             "cost model expects (a training step ≈ 3 forward passes, scoring 0-2 per pooled image and round); "
-            "the measured ratio needs a full-data run of the same setting (another experiment or workspace).\n")
+            "time / full: measured seconds (training and selection) over those of the full-data row of the same "
+            "stage, method, bits and quantizer in this table (a grid with proxq beside proxq+acs10; — without one).\n")
     return "\n".join(lines) + "\n" + note

@@ -36,10 +36,10 @@ def quant(p: StageParams, section: str) -> QuantConfig | None:
 
 
 def inq(p: StageParams) -> InqSettings | None:
-    """INQ's settings when the grid cell's quantizer is `inq`, else None."""
+    """INQ's settings when the grid cell's quantizer is `inq` (or `inq+<coreset>`), else None."""
     if p["quant.procedure"] != "inq":
         return None
-    s = p["quantizers.inq"]
+    s = p[f"quantizers.{p.cell['quantizer']}"]  # inq's block, or that of its coreset value (inq+acs10)
     return InqSettings(portions=tuple(s["portions"]), partition=s["partition"], epochs_per_phase=s["epochs_per_phase"],
                        milestones=tuple(s["milestones"]))
 
