@@ -301,7 +301,7 @@ def compiled_finetune(s: dict, workdir: Path, bank: ImageBank, tests: list[torch
     print(f"peers finetune compiled: {run['stage_s']:.1f} s", flush=True)
     epoch = statistics.median(run["epoch_s"][1:])
     R = matrix(run["models"], bank, tests)
-    return {"first_epoch_s": run["epoch_s"][0], "epoch_s": epoch, "stage_s": run["stage_s"],
+    return {"first_epoch_s": run["epoch_s"][0], "epoch_s": epoch, "epochs_s": run["epoch_s"], "stage_s": run["stage_s"],
             "compile_s": run["epoch_s"][0] - epoch, "R": R,
             "max_R_diff": max(abs(a - b) for ra, rb in zip(R, eager["lq_R"]) for a, b in zip(ra, rb)),
             "epoch_ratio": eager["avalanche_epoch_s"] / epoch, "stage_ratio": eager["avalanche_stage_s"] / run["stage_s"],
@@ -388,8 +388,8 @@ def report_lines(p: dict) -> list[str]:
     lines += ["", "Accuracy matrices R[t][j] (row t: after task t; column j: task j's test split), both scored by "
               "the same function:", ""]
     for key, label in (("finetune_vs_naive", ("lq finetune", "Avalanche Naive")), ("ewc_vs_ewc", ("lq ewc", "Avalanche EWC"))):
-        c = p[key]
-        for name, R in ((label[0], c["lq_R"]), (label[1], c["avalanche_R"])):
+        pair = p[key]
+        for name, R in ((label[0], pair["lq_R"]), (label[1], pair["avalanche_R"])):
             lines.append(f"- {name}: " + " / ".join("[" + ", ".join(f"{v:.3f}" for v in row) + "]" for row in R))
     if c:
         lines.append("- lq finetune, compiled: " + " / ".join("[" + ", ".join(f"{v:.3f}" for v in row) + "]" for row in c["R"])
