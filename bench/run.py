@@ -290,11 +290,14 @@ def main() -> int:
 
             peers = bench_peers(workdir / "peers")
             results["peers"] = {**peers, "machine": machine(), "when": results["when"]}
-            print("peers", json.dumps({k: v for k, v in peers.items() if not k.endswith("_vs_naive") and k != "ewc_vs_ewc"}),
+            print("peers", json.dumps({k: v for k, v in peers.items() if not k.endswith("_vs_naive") and k not in ("ewc_vs_ewc", "finetune_compiled")}),
                   flush=True)
             for key in ("finetune_vs_naive", "ewc_vs_ewc"):
                 c = peers[key]
                 print(f"peers {key}: epoch ratio {c['epoch_ratio']:.2f}x, stage ratio {c['stage_ratio']:.2f}x", flush=True)
+            c = peers["finetune_compiled"]
+            print(f"peers finetune compiled: epoch ratio {c['epoch_ratio']:.2f}x, stage ratio {c['stage_ratio']:.2f}x, "
+                  f"compile {c['compile_s']:.1f} s", flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
     old = read_if(REPO / "bench" / "results.json")
     write_report(merged(results, args.which, json.loads(old) if old else {}))
