@@ -90,7 +90,7 @@ def job_stats(snakemake_output: str) -> dict[str, int]:
         assert "Nothing to be done" in snakemake_output, snakemake_output
         return {}
     stats = snakemake_output.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {name: int(n) for name, n in (l.split() for l in stats.splitlines()[3:] if l.strip())}
+    return {name: int(n) for name, n in (row.split() for row in stats.splitlines()[3:] if row.strip())}
 
 
 def planned_jobs(root: Path, *targets: str) -> dict[str, int]:

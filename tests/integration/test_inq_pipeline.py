@@ -46,7 +46,7 @@ def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(tmp_path):
     project = new_project(tmp_path / "repo")
     for key, value in SHORT.items():
         set_param(project, key, value)
-    out = run(["snakemake", "--cores", "1", "all"], project, timeout=1800).stdout
+    run(["snakemake", "--cores", "1", "all"], project, timeout=1800)
     qat8_log = (project / "logs" / "qat8-inq-0.log").read_text()
     assert "task 0 inq 0.5 (1/2) epoch 1/1" in qat8_log and "task 0 inq 0.75 (2/2) epoch 1/1" in qat8_log
     lifelong_log = (project / "logs" / "lifelong-finetune-w3a32-inq-0.log").read_text()
@@ -100,6 +100,7 @@ def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(tmp_path):
     assert planned_jobs(project, "all") == {"qat8": 1, "lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq_lifelong": 1,
                                             "all": 1}
     plan = run(["snakemake", "-n", "-p", "all"], project).stdout
-    assert all("--axis quantizer=inq" in l for l in plan.splitlines() if "python -m lq qat8" in l or "python -m lq lifelong" in l)
+    assert all("--axis quantizer=inq" in line for line in plan.splitlines()
+               if "python -m lq qat8" in line or "python -m lq lifelong" in line)
     status = json.loads(run(["dvc", "status", "--json"], project).stdout)
     assert set(status) == {"qat8@inq-0", "lifelong@finetune-w3a32-inq-0"}, status

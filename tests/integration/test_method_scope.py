@@ -29,8 +29,8 @@ def test_editing_one_methods_lambda_reruns_only_its_cells_in_both_tools(tmp_path
     set_param(project, "lifelong.methods.ewc.ll_lambda", 1.0)
     assert planned_jobs(project, "all") == {"lifelong": 1, "evaluate": 1, "aggregate": 1, "ptq_lifelong": 1, "all": 1}
     plan = run(["snakemake", "-n", "-p", "all"], project).stdout
-    cells = [l for l in plan.splitlines() if "python -m lq lifelong" in l or "python -m lq evaluate" in l]
-    assert len(cells) == 2 and all("--axis method=ewc" in l for l in cells), cells
+    cells = [line for line in plan.splitlines() if "python -m lq lifelong" in line or "python -m lq evaluate" in line]
+    assert len(cells) == 2 and all("--axis method=ewc" in cell for cell in cells), cells
     status = json.loads(run(["dvc", "status", "--json"], project).stdout)
     assert set(status) == {"lifelong@ewc-w4a4-proxq-0"}, status  # evaluate follows once it reruns
     assert "lifelong.methods.ewc" in json.dumps(status)

@@ -52,6 +52,6 @@ def test_each_rule_passes_exactly_its_declared_keys(project):
     config = lqconfig.load(project / "params.yaml")
     out = run(["snakemake", "-n", "-p", "--forceall", "all"], project).stdout
     for stage in STAGES:
-        line = next(l for l in out.splitlines() if f"python -m lq {stage.name} " in l)
+        line = next(row for row in out.splitlines() if f"python -m lq {stage.name} " in row)
         assert re.findall(r"--set '?([\w.]+)=", line) == stage.declared_params({**DEFAULT_CELL, "ssl": "ssql"}, config=config)
-    assert "ssl.methods.ssql=" in next(l for l in out.splitlines() if "python -m lq pretrain " in l)
+    assert "ssl.methods.ssql=" in next(row for row in out.splitlines() if "python -m lq pretrain " in row)

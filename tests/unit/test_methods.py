@@ -425,8 +425,8 @@ def test_scp_batched_products_equal_the_definition(projections):
     params = dict(model.named_parameters())
     mu = torch.cat([model(x) for x, _ in replay.epoch()]).mean(0)
     expected = {n: torch.zeros_like(p) for n, p in params.items()}
-    for l in range(projections):
-        grads = torch.autograd.grad(xi[l] @ mu, list(params.values()), retain_graph=True)
+    for k in range(projections):
+        grads = torch.autograd.grad(xi[k] @ mu, list(params.values()), retain_graph=True)
         for n, g in zip(params, grads):
             expected[n] += g.pow(2) / projections
     for n in params:
