@@ -18,6 +18,7 @@ from lq.quant.config import QuantConfig
 from lq.quant.convert import quantize_model
 from lq.train.engine import fit
 from lq.train.settings import Schedule
+from tests.conftest import TEST_SCALE
 
 TOL = 1e-3
 pytestmark = pytest.mark.integration
@@ -41,22 +42,29 @@ class TinyBatches:
 
 
 def model(bits: int) -> torch.nn.Module:
+    # The test projects' model (ResNet-8): compiling is what costs here, and it grows with the graph.
     torch.manual_seed(0)
-    net = create_model("resnet20", num_classes=4, in_channels=1, image_size=8)
+    net = create_model(TEST_SCALE["model.arch"], num_classes=4, in_channels=1, image_size=8)
     return quantize_model(net, QuantConfig(weight_bits=bits, act_bits=bits)) if bits < 32 else net
 
 
-def train(compiled: bool) -> tuple[list[dict], dict[str, torch.Tensor]]:
+def train(backend: str | None) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Two epochs of FP32 training, eager (backend None) or compiled with that torch.compile backend."""
     net = model(32)
     history: list[dict] = []
     fit(net, TinyBatches(), Schedule(epochs=2, lr=0.05, milestones=(), gamma=0.1, momentum=0.9, weight_decay=0.0),
-        [create_method("finetune")], history=history, forward=torch.compile(net) if compiled else net)
+        [create_method("finetune")], history=history,
+        forward=torch.compile(net, backend=backend) if backend else net)
     return history, {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def test_compiled_fp32_training_matches_eager():
-    eager_hist, eager_state = train(compiled=False)
-    comp_hist, comp_state = train(compiled=True)
+# `aot_eager` captures the graph (Dynamo) and derives its backward (AOTAutograd) as the default
+# backend does, then runs it with eager kernels: seconds. Inductor, what `train.compile` uses,
+# also generates and compiles C++ kernels: about 45 s of CPU with a cold cache, so the slow suite.
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_fp32_training_matches_eager(backend):
+    eager_hist, eager_state = train(None)
+    comp_hist, comp_state = train(backend)
     assert [r["loss"] for r in comp_hist] == pytest.approx([r["loss"] for r in eager_hist], rel=TOL)
     for name, tensor in eager_state.items():
         if tensor.is_floating_point():
