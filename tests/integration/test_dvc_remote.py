@@ -91,6 +91,7 @@ def _stop_workers(root: Path) -> None:
             pass
 
 
+@pytest.mark.long
 @in_background
 def test_queued_experiments_run_side_by_side_and_are_listed_with_their_metrics(tmp_path, two_seed_dvc):
     root = committed(two_seed_dvc, tmp_path / "repo")

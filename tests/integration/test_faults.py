@@ -147,14 +147,15 @@ def dvc_kill(folder: Path, two_seed_fresh: Path, two_seed_snakemake) -> tuple[st
                            count=KILLS_DEFAULT)
 
 
+# Resume after a kill through both tools is in `make test` too (test_training.py kills Snakemake
+# in task 1 and `dvc repro` in task 2); the kills at a random moment run with `make test-long`.
+@pytest.mark.long
 def test_a_snakemake_kill_at_a_random_moment_then_rerun_gives_the_uninterrupted_result(snakemake_kill):
     _, said = snakemake_kill.result()
     print(said)
 
 
-# DVC's resume after a kill is in the default suite too (test_training.py kills `dvc repro` in
-# task 2); the kill at a random moment through DVC runs with the full fault suite.
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_dvc_kill_at_a_random_moment_then_rerun_gives_the_uninterrupted_result(dvc_kill):
     _, said = dvc_kill.result()
     print(said)
@@ -232,6 +233,7 @@ def export_digits(root: Path) -> None:
         Image.fromarray(image[..., 0]).save(folder / f"{i:04d}.png")
 
 
+@pytest.mark.long
 @in_background
 def test_paths_with_spaces_and_quotes_work_end_to_end(tmp_path):
     """Project folder, image folder and class names with spaces and both quote characters."""

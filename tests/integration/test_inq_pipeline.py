@@ -39,6 +39,7 @@ def oneshot_accuracy(project, bits: str) -> float:
     return accuracy(model, Batches(bank, bank.rows(test0, "test0"), 100, shuffle=False))[0]
 
 
+@pytest.mark.long
 @in_background
 def test_inq_and_pow2_cells_train_evaluate_and_stay_on_their_levels(tmp_path):
     # Its body runs with the shared runs (conftest.py), Snakemake on one core: one thread per

@@ -14,6 +14,7 @@ from tests.conftest import run
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.long
 def test_a_queued_experiment_leaves_its_logs_and_tensorboard_folder_in_the_workspace(project):
     run(["dvc", "exp", "run", "--queue", "-n", "probe-exp", "-S", "pretrain.epochs=1", "-S", "pretrain.milestones=[]",
          "pretrain@0"], project)
