@@ -37,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lq.evaluation import accuracy as lq_accuracy  # noqa: E402
 from lq.quant.config import QuantConfig  # noqa: E402
 from lq.train import engine as lq_engine  # noqa: E402
 from lq.train import checkpoint, spec  # noqa: E402
@@ -92,13 +93,8 @@ def settings(root: Path, epochs: int) -> dict[str, Any]:
 
 
 def accuracy(model: torch.nn.Module, bank: ImageBank, rows: torch.Tensor, batch: int = 100) -> float:
-    """The one scoring function both sides' models go through (eval mode, no augmentation)."""
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in Batches(bank, rows, batch, shuffle=False).epoch(0):
-            correct += int((model(x).argmax(1) == y).sum())
-    return correct / len(rows)
+    """The one scoring function both sides' models go through: lq's evaluate stage's top-1."""
+    return lq_accuracy(model, Batches(bank, rows, batch, shuffle=False))[0]
 
 
 def matrix(models: list[torch.nn.Module], bank: ImageBank, tests: list[torch.Tensor]) -> list[list[float]]:

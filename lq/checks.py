@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lq.grid import base_quantizer
 from lq.errors import LqError
 
 TRAINING_SECTIONS = ("pretrain", "qat8", "lifelong")
@@ -85,7 +86,7 @@ def quantizer_problems(config: Mapping[str, Any]) -> list[str]:
     grid = config.get("grid") or {}
     blocks = config.get("quantizers") or {}
     for value in grid.get("quantizer") or []:
-        name = str(value).partition("+")[0]  # without its coreset suffix (lq.grid.split_quantizer)
+        name = base_quantizer(value)  # without its coreset suffix
         if name != value and value not in blocks:
             block = "<a copy of quantizers.inq>" if name == "inq" else "{}"
             problems.append(f"grid.quantizer {value} needs its own settings block, as every grid quantizer has: add "

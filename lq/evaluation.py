@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lq import metrics, plots
+from lq import grid, metrics, plots
 from lq.atomic import write_text
 from lq.io import read_table, task_count, write_json
 from lq.quant import levels
@@ -51,8 +51,8 @@ def reported_quantizer(quant: QuantConfig | None, cell_quantizer: str) -> str:
     that differ only in their coreset stay apart in the comparison."""
     if quant is not None and quant.weight_bits < 32 and cell_quantizer:
         return cell_quantizer
-    _, sep, coreset = cell_quantizer.partition("+")
-    return spec.weight_quantizer(quant) + (sep + coreset if sep else "")
+    coreset = grid.split_quantizer(cell_quantizer)[1]
+    return spec.weight_quantizer(quant) + (f"+{coreset}" if coreset is not None else "")
 
 
 @torch.no_grad()

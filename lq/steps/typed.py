@@ -64,7 +64,6 @@ def data_noise(p: StageParams) -> dict:
     return {"label_noise": p["data.label_noise"], "data_seed": p["seed"]}
 
 
-
 def ssl(p: StageParams, method: str) -> SslConfig:
     """The self-supervised run of `method` (its `ssl.methods.<method>` block; the stage declares that
     block and train.device, deterministic, momentum, hflip, compile)."""

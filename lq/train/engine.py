@@ -34,7 +34,7 @@ from lq.quant.config import QuantConfig
 from lq.io import read_table
 from lq.manifest import output_dir
 from lq.train import checkpoint, spec
-from lq.train.board import Board, write_curve
+from lq.train.board import CURVE_COLUMNS, Board, write_curve
 from lq.train.checkpoint import ResumeDir
 from lq.train.data import Augment, Batches, load_bank, train_rows, with_label_noise
 from lq.train.device import describe, resolve_device, use_deterministic_kernels
@@ -109,7 +109,7 @@ class Engine:
         # What a stage may change about training data and the curve: self-supervised training
         # draws its own views (lq.ssl.views) and has no accuracy to plot.
         self.view_augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-        self.curve_columns: Sequence[str] | None = None
+        self.curve_columns: Sequence[str] = CURVE_COLUMNS
         log.info("device %s; %d images of shape %s in %d classes", describe(self.device),
                  len(self.bank.labels), self.bank.shape, len(self.bank.classes))
 
@@ -293,10 +293,7 @@ class Engine:
                 with output_dir(task_dir, *made_by) as tmp:
                     for t in range(tasks):
                         shutil.copyfile(self.resume.file(f"task{t}.pt"), tmp / f"task{t}.pt")
-            if self.curve_columns is None:
-                write_curve(curve, self.history)
-            else:
-                write_curve(curve, self.history, self.curve_columns)
+            write_curve(curve, self.history, self.curve_columns)
             self.resume.clear()
         self.board.close()
         barrier(self.world)
