@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from lq.errors import LqError
-from lq.quant.ste import grad_scale, round_ste, sign_ste, unit_grid_ste, unit_sign_ste
+from lq.quant.ste import grad_scale, round_ste, sign_ste, signed_grid_ste, unit_grid_ste, unit_sign_ste
 
 FULL_PRECISION = 32
 SUPPORTED_BITS = (*range(1, 9), FULL_PRECISION)
@@ -57,13 +57,13 @@ def _signed_grid(u: Tensor, bits: int) -> Tensor:
     """Map u in [0, 1] (clamped) onto the 2^k-level grid in [-1, 1]; 1 bit is the sign of u - 1/2."""
     if bits == 1:
         return sign_ste(u - 0.5)
-    return 2 * quantize_unsigned(u, bits) - 1
+    return signed_grid_ste(u, 2**bits - 1)  # 2 quantize_unsigned(u, bits) - 1, as one node
 
 
 def _standardize(w: Tensor) -> Tensor:
     """(w - mean) / std in one fused reduction; a (numerically) constant tensor gives zeros."""
     var, mean = torch.var_mean(w, correction=1 if w.numel() > 1 else 0)
-    ok = var > (4 * torch.finfo(w.dtype).eps * mean.abs()) ** 2
+    ok = var.detach() > (4 * torch.finfo(w.dtype).eps * mean.detach().abs()) ** 2  # a mask: no graph
     inv_std = torch.where(ok, torch.where(ok, var, 1.0).rsqrt(), 0.0)  # inner where: no NaN gradient
     return (w - mean) * inv_std
 
@@ -72,8 +72,10 @@ def proxq_weight(w: Tensor, bits: int, act_range: float = 2.0) -> Tensor:
     """ProxQ: standardise, scale by r / 4, clamp onto the symmetric 2^k-level grid."""
     if check_bits(bits) == FULL_PRECISION:
         return w
-    x_hat = _standardize(w) * (act_range / 4)
-    return _signed_grid((x_hat + 1) / 2, bits)
+    z = _standardize(w)
+    if bits == 1:
+        return _signed_grid((z * (act_range / 4) + 1) / 2, bits)
+    return signed_grid_ste(z, 2**bits - 1, act_range / 4)  # _signed_grid((z r/4 + 1) / 2), one node
 
 
 def proxq_cdf_weight(w: Tensor, bits: int) -> Tensor:

@@ -41,7 +41,7 @@ from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.distributed import (World, all_reduce_sum, barrier, close, init_lazy_steps, init_world, shard,
                                   sync_buffers, unwrap, wrap)
 from lq.train.pause import pause_hook
-from lq.train.plugin import Batch, CrossEntropy, Optimization, Phase, Plugin, StepLoss, TaskContext
+from lq.train.plugin import Batch, CrossEntropy, Optimization, Phase, Plugin, StepLoss, TaskContext, sgd
 from lq.train.progress import Progress
 from lq.train.settings import Runtime, Schedule
 
@@ -65,8 +65,7 @@ class TaskPlan:
 
 
 def make_optimizer(model: nn.Module, schedule: Schedule) -> Optimization:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+    optimizer = sgd(model, schedule)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(schedule.milestones), gamma=schedule.gamma)
     return Optimization(optimizer, scheduler)
 

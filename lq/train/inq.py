@@ -32,7 +32,7 @@ from lq.errors import LqError
 from lq.quant.functions import pow2_round
 from lq.quant.inq import PARTITIONS, check_portions, frozen_count, grow_frozen
 from lq.quant.levels import pow2_layers
-from lq.train.plugin import Optimization, Phase, Plugin, TaskContext
+from lq.train.plugin import Optimization, Phase, Plugin, TaskContext, sgd
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,8 @@ class Inq(Plugin):
 
     def before_phase(self, ctx: TaskContext, phase: Phase, index: int) -> Optimization:
         self._freeze(ctx.model, self.settings.portions[index], index)
-        params = [p for p in ctx.model.parameters() if p.requires_grad]
         s = phase.schedule
-        optimizer = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        optimizer = sgd(ctx.model, s)
         self._optimizer = optimizer
         return Optimization(optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(s.milestones), s.gamma))
 

@@ -44,6 +44,18 @@ class Phase:
     schedule: Schedule
 
 
+def sgd(model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
+    """SGD with the schedule's momentum and weight decay over the model's trainable parameters.
+
+    `foreach=True` everywhere (PyTorch picks it on CUDA only): one call per update step for all
+    parameters instead of a Python loop over them. It runs the same ops in the same order, so
+    the weights are bit for bit the loop's; on the digits model that loop was most of the step.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay,
+                           foreach=True)
+
+
 @dataclass
 class Optimization:
     """What `before_phase` may hand the engine instead of the default SGD + MultiStepLR."""

@@ -31,7 +31,7 @@ from lq.ssl.settings import SslConfig, SslSettings
 from lq.ssl.views import Views
 from lq.train import recipes
 from lq.train.engine import Engine, TaskPlan
-from lq.train.plugin import Optimization, Phase, Plugin
+from lq.train.plugin import Optimization, Phase, Plugin, sgd
 from lq.train.recipes import Recipe
 
 CURVE_COLUMNS = ["step", "task", "epoch", "loss", "embedding_std", "lr"]
@@ -56,8 +56,7 @@ class Cosine(Plugin):
 
     def before_phase(self, ctx, phase: Phase, index: int) -> Optimization:
         s = phase.schedule
-        params = [p for p in ctx.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        optimizer = sgd(ctx.model, s)
         return Optimization(optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.epochs))
 
 
