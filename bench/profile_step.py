@@ -31,7 +31,7 @@ from lq.quant.convert import quantize_model  # noqa: E402
 from run import bench_step  # noqa: E402  (bench/run.py: the step bench's alternating medians)
 
 # Operators -> the group a breakdown counts them in: exact aten names, or fragments of the names
-# of lq's autograd nodes (first match wins). round/clamp/ge/le/eq/var_mean appear in the w4a4 step only.
+# of lq's autograd nodes (first match wins). round/clamp/hardtanh_backward/var_mean appear in the w4a4 step only.
 GROUPS = [
     ("convolution", ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution",
                      "aten::convolution", "aten::conv2d", "aten::thnn_conv2d", "aten::_slow_conv2d_forward",
@@ -39,7 +39,8 @@ GROUPS = [
     ("batch norm", ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::batch_norm",
                     "aten::_batch_norm_impl_index", "aten::_batch_norm_with_update")),
     ("ReLU", ("aten::clamp_min", "aten::threshold_backward", "aten::relu", "aten::relu_")),
-    ("fake quantization", ("aten::round", "aten::clamp", "aten::ge", "aten::le", "aten::eq", "aten::var_mean",
+    ("fake quantization", ("aten::round", "aten::round_", "aten::clamp", "aten::hardtanh_backward", "aten::ge",
+                           "aten::le", "aten::eq", "aten::var_mean",
                            "aten::where", "aten::sign", "Quant", "quant", "ProxQ", "KBit", "Grid")),
     ("optimizer", ("aten::_foreach", "Optimizer", "aten::sgd")),
 ]
