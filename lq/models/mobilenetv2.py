@@ -19,7 +19,7 @@ from torch import nn
 
 from lq.errors import LqError
 from lq.models.registry import build_model, check_dims, register_model
-from lq.quant.points import ActQuantPoint
+from lq.quant.points import ActQuantPoint, ConvBNQAct
 
 LayerFn = Callable[..., nn.Module]
 
@@ -51,7 +51,7 @@ def conv_bn_act(
     groups: int = 1,
     norm_layer: LayerFn = nn.BatchNorm2d,
     act_layer: LayerFn | None = nn.ReLU6,
-) -> nn.Sequential:
+) -> ConvBNQAct:
     """conv-BN-q(-act); `act_layer=None` gives the linear bottleneck output (still quantized)."""
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         conv=nn.Conv2d(
@@ -62,7 +62,7 @@ def conv_bn_act(
     )
     if act_layer is not None:
         layers["act"] = act_layer()
-    return nn.Sequential(layers)
+    return ConvBNQAct(layers)
 
 
 class InvertedResidual(nn.Module):

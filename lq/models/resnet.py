@@ -16,7 +16,7 @@ from torch import nn
 
 from lq.errors import LqError
 from lq.models.registry import build_model, check_dims, register_model
-from lq.quant.points import ActQuantPoint
+from lq.quant.points import ActQuantPoint, ConvBNQAct, activation_after
 
 LayerFn = Callable[..., nn.Module]
 
@@ -53,7 +53,7 @@ class BasicBlock(nn.Module):
         self.act2 = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.aq1(self.bn1(self.conv1(x))))
+        out = activation_after(self.aq1, self.act1, self.bn1(self.conv1(x)))
         out = self.aq2(self.bn2(self.conv2(out)))
         return self.act2(out + self.shortcut(x))
 
@@ -93,7 +93,7 @@ class ResNet(nn.Module):
         self.in_channels = in_channels
         blocks_per_stage = (depth - 2) // 6
 
-        self.stem = nn.Sequential(
+        self.stem = ConvBNQAct(
             OrderedDict(
                 conv=nn.Conv2d(in_channels, self.widths[0], 3, stride=1, padding=1, bias=False),
                 bn=norm_layer(self.widths[0]),

@@ -25,6 +25,7 @@ class Quantizer:
     init_exponent: set for power-of-two levels: `fn` also takes `n1=`, a buffer the module fixes
         once as `init_exponent(first_input)`, so the level set never drifts with the weights.
     min_bits: the fewest bits it can quantize to (32, no quantization, is always allowed).
+    then_relu: relu(fn(x, bits)) in fewer passes, for a quantizer that takes nothing but the bits.
     """
 
     fn: Callable[..., Tensor]
@@ -32,6 +33,7 @@ class Quantizer:
     init_step: Callable[[Tensor, int], Tensor] | None = None
     init_exponent: Callable[[Tensor], Tensor] | None = None
     min_bits: int = 1  # below 32 bits; power-of-two levels spend one bit on zero
+    then_relu: Callable[[Tensor, int], Tensor] | None = None
 
 
 WEIGHT_QUANTIZERS: dict[str, Quantizer] = {
@@ -49,7 +51,7 @@ WEIGHT_QUANTIZERS: dict[str, Quantizer] = {
 }
 
 ACT_QUANTIZERS: dict[str, Quantizer] = {
-    "uniform": Quantizer(functions.quantize_unsigned),
+    "uniform": Quantizer(functions.quantize_unsigned, then_relu=functions.quantize_unsigned_relu),
     "lsq": Quantizer(
         partial(functions.lsq_quantize, signed=False),
         init_step=partial(functions.lsq_init_step, signed=False),

@@ -53,6 +53,13 @@ def quantize_unsigned(x: Tensor, bits: int) -> Tensor:
     return unit_grid_ste(x, 2**bits - 1)
 
 
+def quantize_unsigned_relu(x: Tensor, bits: int) -> Tensor:
+    """relu(quantize_unsigned(x, bits)), bit for bit; 2 to 8 bits in one autograd node."""
+    if check_bits(bits) == FULL_PRECISION or bits == 1:
+        return torch.relu(quantize_unsigned(x, bits))
+    return unit_grid_ste(x, 2**bits - 1, relu=True)
+
+
 def _signed_grid(u: Tensor, bits: int) -> Tensor:
     """Map u in [0, 1] (clamped) onto the 2^k-level grid in [-1, 1]; 1 bit is the sign of u - 1/2."""
     if bits == 1:

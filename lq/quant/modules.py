@@ -133,6 +133,13 @@ class ActQuantizer(_Quantizer):
     def from_config(cls, config: QuantConfig) -> "ActQuantizer":
         return cls(config.act_bits, config.act_quantizer, config.act_range)
 
+    def then_relu(self, x: Tensor) -> Tensor | None:
+        """relu(self(x)) computed in one go where the quantizer has a fused form, else None (also at
+        32 bits, where the caller's activation, a ReLU6 say, is not the identity on the output)."""
+        if self._entry.then_relu is None or self.bits == FULL_PRECISION:
+            return None
+        return self._entry.then_relu(x, self.bits)
+
     @classmethod
     def from_module(cls, module: nn.Module, config: QuantConfig) -> "ActQuantizer":
         """Quantizer for the place `module` (a marker or an older quantizer) holds; keeps a matching one."""

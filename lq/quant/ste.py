@@ -4,6 +4,8 @@ Rounding has a zero gradient almost everywhere, so quantization-aware training p
 the identity on the way back (Bengio et al. 2013). Everything here is one elementwise op.
 """
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -40,8 +42,23 @@ def _unit_interval(dtype: torch.dtype) -> tuple[float, float]:
     return -info.tiny * info.eps, 1.0 + info.eps
 
 
-def _pass_inside_unit(grad: Tensor, x: Tensor) -> Tensor:
-    """`grad` where 0 <= x <= 1, else +0: one fused pass over x and grad (`hardtanh_backward`).
+@functools.cache
+def zero_level_top(levels: int, dtype: torch.dtype) -> float:
+    """The largest x of `dtype` that round(clamp(x, 0, 1)·levels) sends to 0 (found, not derived:
+    it is wherever the float product x·levels crosses 1/2, ties to even included)."""
+    up = torch.tensor(float("inf"), dtype=dtype)
+    x = torch.tensor(0.5 / levels, dtype=dtype)
+    level = lambda v: torch.round(torch.clamp(v, 0.0, 1.0) * levels)  # noqa: E731  (the forward's ops)
+    while level(torch.nextafter(x, up)) == 0:
+        x = torch.nextafter(x, up)
+    while level(x) != 0:
+        x = torch.nextafter(x, -up)
+    return x.item()
+
+
+def _pass_inside_unit(grad: Tensor, x: Tensor, lo: float | None = None) -> Tensor:
+    """`grad` where 0 <= x <= 1 (lo < x <= 1 given lo), else +0: one fused pass over x and grad
+    (`hardtanh_backward`).
 
     The straight-through gradient of the [0, 1] clip, computed in the backward from the saved
     input: the forward then makes no mask at all (a comparison pass and a tensor the size of
@@ -51,12 +68,13 @@ def _pass_inside_unit(grad: Tensor, x: Tensor) -> Tensor:
     the gradient there is unspecified; a NaN activation makes a NaN loss, which the engine
     stops at before any backward pass.
     """
-    lo, hi = _unit_interval(x.dtype)
-    return torch.ops.aten.hardtanh_backward(grad, x, lo, hi)
+    below, hi = _unit_interval(x.dtype)
+    return torch.ops.aten.hardtanh_backward(grad, x, below if lo is None else lo, hi)
 
 
 class _UnitGridSTE(torch.autograd.Function):
-    """round(clamp(x, 0, 1)·n)/n forward; backward passes the gradient where 0 <= x <= 1.
+    """round(clamp(x, 0, 1)·n)/n forward; backward passes the gradient where 0 <= x <= 1, or
+    where lo < x <= 1 given lo (a ReLU after the grid: see `unit_grid_ste`).
 
     One autograd node instead of four (clamp, mul, round, div), and x saved instead of a mask:
     this is the hot op of QAT (every activation of the network goes through it). Fusing it cut
@@ -65,14 +83,15 @@ class _UnitGridSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, n: int) -> Tensor:
+    def forward(ctx, x: Tensor, n: int, lo: float | None) -> Tensor:
         ctx.save_for_backward(x)
+        ctx.lo = lo
         return torch.clamp(x, 0.0, 1.0).mul_(n).round_().div_(n)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        return _pass_inside_unit(grad, x), None
+        return _pass_inside_unit(grad, x, ctx.lo), None, None
 
 
 class _SignedGridSTE(torch.autograd.Function):
@@ -121,9 +140,15 @@ def unit_sign_ste(x: Tensor) -> Tensor:
     return _UnitSignSTE.apply(x)
 
 
-def unit_grid_ste(x: Tensor, levels: int) -> Tensor:
-    """round(clamp(x, 0, 1)·levels)/levels with the clamped straight-through gradient."""
-    return _UnitGridSTE.apply(x, levels)
+def unit_grid_ste(x: Tensor, levels: int, relu: bool = False) -> Tensor:
+    """round(clamp(x, 0, 1)·levels)/levels with the clamped straight-through gradient.
+
+    relu=True: relu of that, in the same node. A ReLU is the identity on the grid's values (-0
+    included: relu keeps it, as clamp does), and its gradient mask (output > 0) is x above the
+    top of the zero level, so the two nodes' gradient is the clamp's with that lower bound:
+    bit for bit, one pass each way less.
+    """
+    return _UnitGridSTE.apply(x, levels, zero_level_top(levels, x.dtype) if relu else None)
 
 
 def signed_grid_ste(v: Tensor, levels: int, scale: float | None = None) -> Tensor:
