@@ -102,10 +102,15 @@ def timing_table(qat8: Sequence[Mapping[str, Any]], lifelong: Sequence[Mapping[s
     for (stage, method, bits, quantizer), group in groups.items():
         rows.append(_row(stage, {"method": method, "bits": bits, "quantizer": quantizer}, group))
     # measured time against the full-data row of the same run but for its coreset (proxq beside proxq+acs10)
+    def setting(r: Mapping[str, Any]) -> tuple:
+        return r["stage"], r["method"], r["bits"], grid.base_quantizer(r["quantizer"])
+
+    full_rows: dict[tuple, Mapping[str, Any]] = {}
+    for r in rows:
+        if r["coreset"] == "full":
+            full_rows.setdefault(setting(r), r)  # the first one per setting
     for row in rows:
-        same = (row["stage"], row["method"], row["bits"], grid.base_quantizer(row["quantizer"]))
-        full = next((r for r in rows if r["coreset"] == "full"
-                     and (r["stage"], r["method"], r["bits"], grid.base_quantizer(r["quantizer"])) == same), None)
+        full = full_rows.get(setting(row))
         row["time_share"] = row["seconds_mean"] / full["seconds_mean"] if full and full["seconds_mean"] else float("nan")
     return pd.DataFrame(rows, columns=COLUMNS)
 

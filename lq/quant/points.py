@@ -5,8 +5,6 @@ with an `ActQuantPoint` (an identity in float), and `lq.quant.convert.quantize_m
 marker for a k-bit activation quantizer, so no model class names a bit width.
 """
 
-from collections import OrderedDict
-
 import torch
 from torch import Tensor, nn
 
@@ -32,9 +30,6 @@ def activation_after(point: nn.Module, act: nn.Module, x: Tensor) -> Tensor:
 
 class ConvBNQAct(nn.Sequential):
     """conv, bn, aq and an optional act, named so; its forward fuses aq and act (`activation_after`)."""
-
-    def __init__(self, layers: OrderedDict[str, nn.Module]) -> None:
-        super().__init__(layers)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.bn(self.conv(x))

@@ -42,16 +42,21 @@ def _unit_interval(dtype: torch.dtype) -> tuple[float, float]:
     return -info.tiny * info.eps, 1.0 + info.eps
 
 
+def _grid_levels(x: Tensor, n: int) -> Tensor:
+    """round(clamp(x, 0, 1)·n): the level indices, in a new tensor rounded in place (the grid
+    nodes divide it by n in place; `zero_level_top` searches with these very ops)."""
+    return torch.clamp(x, 0.0, 1.0).mul_(n).round_()
+
+
 @functools.cache
 def zero_level_top(levels: int, dtype: torch.dtype) -> float:
     """The largest x of `dtype` that round(clamp(x, 0, 1)·levels) sends to 0 (found, not derived:
     it is wherever the float product x·levels crosses 1/2, ties to even included)."""
     up = torch.tensor(float("inf"), dtype=dtype)
     x = torch.tensor(0.5 / levels, dtype=dtype)
-    level = lambda v: torch.round(torch.clamp(v, 0.0, 1.0) * levels)  # noqa: E731  (the forward's ops)
-    while level(torch.nextafter(x, up)) == 0:
+    while _grid_levels(torch.nextafter(x, up), levels) == 0:
         x = torch.nextafter(x, up)
-    while level(x) != 0:
+    while _grid_levels(x, levels) != 0:
         x = torch.nextafter(x, -up)
     return x.item()
 
@@ -86,7 +91,7 @@ class _UnitGridSTE(torch.autograd.Function):
     def forward(ctx, x: Tensor, n: int, lo: float | None) -> Tensor:
         ctx.save_for_backward(x)
         ctx.lo = lo
-        return torch.clamp(x, 0.0, 1.0).mul_(n).round_().div_(n)
+        return _grid_levels(x, n).div_(n)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
@@ -108,7 +113,7 @@ class _SignedGridSTE(torch.autograd.Function):
         u = v if scale is None else (v * scale + 1) / 2
         ctx.scale = scale
         ctx.save_for_backward(u)
-        return torch.clamp(u, 0.0, 1.0).mul_(n).round_().div_(n).mul_(2).sub_(1)
+        return _grid_levels(u, n).div_(n).mul_(2).sub_(1)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:

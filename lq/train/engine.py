@@ -41,7 +41,7 @@ from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.distributed import (World, all_reduce_sum, barrier, close, init_lazy_steps, init_world, shard,
                                   sync_buffers, unwrap, wrap)
 from lq.train.pause import pause_hook
-from lq.train.plugin import Batch, CrossEntropy, Optimization, Phase, Plugin, StepLoss, TaskContext, sgd
+from lq.train.plugin import Batch, CrossEntropy, Phase, Plugin, StepLoss, TaskContext, make_optimizer
 from lq.train.progress import Progress
 from lq.train.settings import Runtime, Schedule
 
@@ -62,12 +62,6 @@ class TaskPlan:
     replay: Sequence[pd.DataFrame] = ()
     class_weights: torch.Tensor | None = None
     record: dict[str, Any] = field(default_factory=dict)
-
-
-def make_optimizer(model: nn.Module, schedule: Schedule) -> Optimization:
-    optimizer = sgd(model, schedule)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(schedule.milestones), gamma=schedule.gamma)
-    return Optimization(optimizer, scheduler)
 
 
 # A test hook: `LQ_TEST_KILL_AFTER=task:epoch:step` (phase 0) or `task:phase:epoch:step` makes the

@@ -32,7 +32,7 @@ from lq.errors import LqError
 from lq.quant.functions import pow2_round
 from lq.quant.inq import PARTITIONS, check_portions, frozen_count, grow_frozen
 from lq.quant.levels import pow2_layers
-from lq.train.plugin import Optimization, Phase, Plugin, TaskContext, sgd
+from lq.train.plugin import Optimization, Phase, Plugin, TaskContext, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,9 @@ class Inq(Plugin):
 
     def before_phase(self, ctx: TaskContext, phase: Phase, index: int) -> Optimization:
         self._freeze(ctx.model, self.settings.portions[index], index)
-        s = phase.schedule
-        optimizer = sgd(ctx.model, s)
-        self._optimizer = optimizer
-        return Optimization(optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(s.milestones), s.gamma))
+        optimization = make_optimizer(ctx.model, phase.schedule)
+        self._optimizer = optimization.optimizer
+        return optimization
 
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
