@@ -36,6 +36,7 @@ from lq.manifest import output_dir
 from lq.train import checkpoint, spec
 from lq.train.board import CURVE_COLUMNS, Board, write_curve
 from lq.train.checkpoint import ResumeDir
+from lq.train.compiled import FullBatchCompile
 from lq.train.data import Augment, Batches, load_bank, train_rows, with_label_noise
 from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.distributed import (World, all_reduce_sum, barrier, close, init_lazy_steps, init_world, shard,
@@ -227,7 +228,7 @@ class Engine:
         bf16 = cuda and self.config.get("quant") is None
         forward = wrap(model, self.world)  # DDP under torchrun
         if self.runtime.compile:
-            forward = torch.compile(forward)
+            forward = FullBatchCompile(forward, model)
         loop = Loop(model, forward, plugins, optimizer, self.history, self.world, bf16=bf16, channels_last=cuda,
                     label=f"task {task}" + (f" {phase.name} ({index + 1}/{count})" if count > 1 else ""),
                     progress=self.progress.epoch_done)
