@@ -18,7 +18,9 @@ class FullBatchCompile:
     which is what made a digits stage compile three times. Those few calls run eagerly instead, so
     a stage compiles once: the first training call fixes the shape, later phases and tasks of the
     same shape reuse Dynamo's cache. Compiled kernels round differently from eager ones, so this
-    mode is not bit-identical to eager training (README, "Speed").
+    mode is not bit-identical to eager training (README, "Speed"). One process only: under
+    torchrun a rank's slice of the last batch may have the full slice's size while another
+    rank's is smaller, and the engine compiles every shape there.
     """
 
     def __init__(self, forward: Callable[..., Any], module: nn.Module, backend: str | Callable = "inductor"):

@@ -228,7 +228,9 @@ class Engine:
         bf16 = cuda and self.config.get("quant") is None
         forward = wrap(model, self.world)  # DDP under torchrun
         if self.runtime.compile:
-            forward = FullBatchCompile(forward, model)
+            # Under torchrun an uneven last batch can leave one rank's slice at the full slice's
+            # size and another's smaller: there every shape compiles, so all ranks run one kind of graph.
+            forward = torch.compile(forward) if self.world.distributed else FullBatchCompile(forward, model)
         loop = Loop(model, forward, plugins, optimizer, self.history, self.world, bf16=bf16, channels_last=cuda,
                     label=f"task {task}" + (f" {phase.name} ({index + 1}/{count})" if count > 1 else ""),
                     progress=self.progress.epoch_done)
