@@ -309,8 +309,10 @@ def main() -> int:
                 c = peers[key]
                 print(f"peers {key}: epoch ratio {c['epoch_ratio']:.2f}x, stage ratio {c['stage_ratio']:.2f}x", flush=True)
             c = peers["finetune_compiled"]
-            print(f"peers finetune compiled: epoch ratio {c['epoch_ratio']:.2f}x, stage ratio {c['stage_ratio']:.2f}x, "
-                  f"compile {c['compile_s']:.1f} s", flush=True)
+            print(f"peers finetune compiled: epoch ratio {c['epoch_ratio']:.2f}x ({c['speedup_over_eager']:.2f}x eager lq's "
+                  f"epoch beside it); stage ratio "
+                  f"{c['stage_ratio']['cold']:.2f}x / {c['stage_ratio']['warm']:.2f}x and compile "
+                  f"{c['compile_s']['cold']:.1f} / {c['compile_s']['warm']:.1f} s (cold / warm Inductor cache)", flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
     old = read_if(REPO / "bench" / "results.json")
     write_report(merged(results, args.which, json.loads(old) if old else {}))
