@@ -6,6 +6,9 @@
 - data:     lq's in-memory batches vs a reference-style loader (PIL decode of PNGs from a folder
             tree through torch DataLoader), same images, batch size and augmentation. Target >= 20x.
 - step:     ResNet-20 w4a4 QAT training step time / FP32 step time, 32x32 inputs. Target <= 1.15x.
+- alloc:    the w4a4 step in fresh processes with glibc's default allocator settings and with
+            `lq.memory.keep_freed_memory` (set by every `python -m lq` stage), alternating: page
+            faults, system time and wall time per step.
 - overhead: wall time of a no-op `snakemake -n all` and of `dvc status`. Target < 2 s each.
 - e2e:      the embedded default pipeline (`snakemake --cores 2 all`) from scratch. Target <= 180 s.
 - gpu:      when CUDA is present, a w4a4 epoch on CIFAR-100-sized data: images/s and ratio to FP32.
@@ -44,8 +47,8 @@ from lq.quant.config import QuantConfig  # noqa: E402
 from lq.quant.convert import quantize_model  # noqa: E402
 from lq.train.data import Augment, Batches, load_bank  # noqa: E402
 
-SECTIONS = ("data", "step", "pipeline", "gpu", "peers")
-MAIN_TABLE = ("data", "step", "pipeline", "gpu")  # the rows of the first table (peers has its own)
+SECTIONS = ("data", "step", "alloc", "pipeline", "gpu", "peers")
+MAIN_TABLE = ("data", "step", "alloc", "pipeline", "gpu")  # the rows of the first table (peers has its own)
 TARGETS = {"data": (">=", 20.0), "step": ("<=", 1.15), "snakemake_noop_s": ("<", 2.0), "dvc_status_s": ("<", 2.0),
            "e2e_s": ("<=", 180.0)}
 
@@ -153,6 +156,49 @@ def bench_step(device: torch.device, batch: int = 128, rounds: int = 5, steps: i
     return {"device": str(device), "batch": batch, "fp32_step_ms": 1e3 * fp, "w4a4_step_ms": 1e3 * qq, "ratio": qq / fp}
 
 
+ALLOC_CHILD = """
+import json, resource, statistics, sys, time
+import torch
+from lq.memory import keep_freed_memory
+from lq.models import create_model
+from lq.quant.config import QuantConfig
+from lq.quant.convert import quantize_model
+sys.path.insert(0, "bench")
+from run import step_time
+
+keep, threads, steps = sys.argv[1] == "keep", int(sys.argv[2]), int(sys.argv[3])
+applied = keep_freed_memory() if keep else False
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+model = quantize_model(create_model("resnet20", num_classes=100, in_channels=3, image_size=32), QuantConfig(4, 4))
+x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 100, (128,))
+step_time(model, x, y, 4)  # the heap settles
+before = resource.getrusage(resource.RUSAGE_SELF)
+times = step_time(model, x, y, steps)
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"applied": applied, "step_ms": 1e3 * statistics.median(times),
+                  "faults": (after.ru_minflt - before.ru_minflt) / steps,
+                  "sys_ms": 1e3 * (after.ru_stime - before.ru_stime) / steps,
+                  "user_ms": 1e3 * (after.ru_utime - before.ru_utime) / steps, "max_rss_mb": after.ru_maxrss / 1024}))
+"""
+
+
+def bench_alloc(rounds: int = 3, steps: int = 8) -> dict:
+    """The w4a4 ResNet-20 CPU step (batch 128, 32x32) in fresh processes, glibc's defaults against
+    `keep_freed_memory`, alternating; medians over rounds. An allocator setting is per process,
+    so the two cannot share one."""
+    runs: dict[str, list[dict]] = {"default": [], "keep": []}
+    for r in range(rounds):
+        for mode in (("default", "keep") if r % 2 == 0 else ("keep", "default")):
+            out = subprocess.run([sys.executable, "-c", ALLOC_CHILD, mode, str(torch.get_num_threads()), str(steps)],
+                                 cwd=REPO, check=True, capture_output=True, text=True).stdout
+            runs[mode].append(json.loads(out.strip().splitlines()[-1]))
+    med = {mode: {k: statistics.median(run[k] for run in rs) for k in ("step_ms", "faults", "sys_ms", "user_ms", "max_rss_mb")}
+           for mode, rs in runs.items()}
+    return {"batch": 128, "applied": all(run["applied"] for run in runs["keep"]), "default": med["default"],
+            "keep": med["keep"], "ratio": med["default"]["step_ms"] / med["keep"]["step_ms"]}
+
+
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
@@ -257,6 +303,12 @@ def write_report(results: dict) -> None:
         s = results["step"]
         lines.append(f"| step: ResNet-20 w4a4 / FP32, batch {s['batch']}, {s['device']} | "
                      f"{s['w4a4_step_ms']:.1f} vs {s['fp32_step_ms']:.1f} ms | {s['ratio']:.2f}x | {verdict('step', s['ratio'])} |")
+    if "alloc" in results:
+        a, d, k = results["alloc"], results["alloc"]["default"], results["alloc"]["keep"]
+        lines.append(f"| alloc: w4a4 step, glibc defaults / `keep_freed_memory` (fresh processes, batch {a['batch']}) | "
+                     f"{d['step_ms']:.1f} vs {k['step_ms']:.1f} ms; page faults {d['faults']:.0f} vs {k['faults']:.0f}, "
+                     f"system time {d['sys_ms']:.1f} vs {k['sys_ms']:.1f} ms per step; peak memory {d['max_rss_mb']:.0f} vs "
+                     f"{k['max_rss_mb']:.0f} MB | {a['ratio']:.2f}x | |")
     if "pipeline" in results:
         p = results["pipeline"]
         lines += [f"| overhead: no-op `snakemake -n all` | {p['snakemake_noop_s']:.2f} s | | {verdict('snakemake_noop_s', p['snakemake_noop_s'])} |",
@@ -292,6 +344,9 @@ def main() -> int:
         if "step" in args.which:
             results["step"] = bench_step(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
             print("step", json.dumps(results["step"]), flush=True)
+        if "alloc" in args.which and sys.platform.startswith("linux"):
+            results["alloc"] = bench_alloc()
+            print("alloc", json.dumps(results["alloc"]), flush=True)
         if "pipeline" in args.which:
             results["pipeline"] = bench_pipeline(workdir)
             print("pipeline", json.dumps(results["pipeline"]), flush=True)

@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from lq import __version__
+from lq.memory import keep_freed_memory
 from lq.pipeline import load_table
 from lq.steps import STEPS
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"unknown step '{argv[0]}'" if argv else "no step given"
         print(f"{usage()}\n\npython -m lq: error: {problem}", file=sys.stderr)
         return 2
+    keep_freed_memory()  # a stage's process: reuse its step buffers instead of faulting them in again
     module = importlib.import_module(f"lq.steps.{argv[0]}")
     return module.main(argv[1:])
 
