@@ -76,6 +76,9 @@ def test_profiles_dry_run_the_whole_grid(project, profile, extra):
 
 # --- a small real grid ----------------------------------------------------------------------------
 
+# `make test-long`: about two minutes of CPU. `make test` keeps the grid's expansion in both tools,
+# the two-seed aggregate (two_seed_snakemake) and a per-method lambda edit run through both tools.
+@pytest.mark.long
 @in_background
 def test_a_small_grid_runs_and_aggregates_over_seeds(tmp_path, two_seed_snakemake):
     """2 methods x 2 seeds with 1-2 epochs: the comparison table, its figures and the report.
