@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
 import shutil
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -297,23 +299,20 @@ def compiled_finetune(s: dict, workdir: Path, bank: ImageBank, tests: list[torch
     alternate with them (cold, Avalanche, warm, eager, eager, warm, Avalanche; medians), so the
     ratios compare runs made under the same machine load. Not exact: its accuracy matrix is
     compared with eager lq's."""
-    import os
-
     runs: dict[str, list[dict]] = {"cold": [], "warm": [], "avalanche": [], "eager": []}
-    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(workdir / "inductor-cache")
     compiled = {**s, "runtime": dataclasses.replace(s["runtime"], compile=True)}
     sides = {"cold": (run_lq, compiled), "warm": (run_lq, compiled), "avalanche": (run_avalanche, s), "eager": (run_lq, s)}
     order = ("cold", "avalanche", "warm", "eager", "eager", "warm", "avalanche")  # load falls on all alike
-    try:
-        for i, tag in enumerate(order):
+    # an Inductor cache of the bench's own, empty at first; the caller's setting comes back after
+    with mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor-cache")}):
+        try:
+            for i, tag in enumerate(order):
+                torch._dynamo.reset()
+                fn, settings_ = sides[tag]
+                runs[tag].append(fn(settings_, "finetune", workdir, f"beside-compiled-{i}"))
+                print(f"peers finetune beside compiled ({tag}): {runs[tag][-1]['stage_s']:.1f} s", flush=True)
+        finally:
             torch._dynamo.reset()
-            fn, settings_ = sides[tag]
-            runs[tag].append(fn(settings_, "finetune", workdir, f"beside-compiled-{i}"))
-            print(f"peers finetune beside compiled ({tag}): {runs[tag][-1]['stage_s']:.1f} s", flush=True)
-    finally:
-        torch._dynamo.reset()
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR") if saved is None else os.environ.update(TORCHINDUCTOR_CACHE_DIR=saved)
     epoch = statistics.median(e for tag in ("cold", "warm") for run in runs[tag] for e in run["epoch_s"][1:])
     av_epoch, eager_epoch = (statistics.median(e for run in runs[tag] for e in run["epoch_s"]) for tag in ("avalanche", "eager"))
     av_stage = statistics.median(run["stage_s"] for run in runs["avalanche"])

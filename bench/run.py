@@ -157,7 +157,7 @@ def bench_step(device: torch.device, batch: int = 128, rounds: int = 5, steps: i
 
 
 ALLOC_CHILD = """
-import json, resource, statistics, sys, time
+import json, resource, statistics, sys
 import torch
 from lq.memory import keep_freed_memory
 from lq.models import create_model
