@@ -25,7 +25,8 @@ from lq.errors import LqError
 TRAINING_SECTIONS = ("pretrain", "qat8", "lifelong")
 
 # Class count and image size (height, width) of the sources that do not need ingesting to know them.
-KNOWN_SOURCES = {"digits": (10, (8, 8)), "cifar100": (100, (32, 32))}
+KNOWN_SOURCES = {"digits": (10, (8, 8)), "cifar100": (100, (32, 32)), "fashion_mnist": (10, (28, 28)),
+                 "mnist": (10, (28, 28))}
 
 # How many stride-2 stages each registered model has. Each is a 3x3 convolution with padding 1
 # (a side s becomes ceil(s / 2)); the global average pool then removes what is left. A test

@@ -2,7 +2,8 @@
 
 `SOURCES` maps a source name to a loader with one keyword signature
 `(*, root, seed, test_fraction, download) -> ImageStore`; a loader ignores what it does not use
-(only `digits` splits by `seed`/`test_fraction`; only `cifar100` downloads). `load_source`
+(only `digits` splits by `seed`/`test_fraction`; `cifar100`, `fashion_mnist` and `mnist` download).
+The IDX sources (Fashion-MNIST, MNIST) live in `lq.data.idx`. `load_source`
 looks the name up, so a new source is one function and one registry entry.
 
 Class ids are always indices into the *sorted* class names, as the reference derives them from
@@ -538,6 +539,18 @@ def _folder_loader(*, root: PathLike | None, seed: int, test_fraction: float, do
     return load_folder(_require_root(root, "folder"))
 
 
+def _idx_loader(name: str) -> Loader:
+    """Registry adapter of an IDX release (lq.data.idx): its own train/test split, like CIFAR-100."""
+
+    def load(*, root: PathLike | None, seed: int, test_fraction: float, download: bool) -> ImageStore:
+        from lq.data import idx
+
+        return idx.load_idx(_require_root(root, name), idx.release(name), download=download)
+
+    load.__doc__ = f"Registry adapter: {name} from its four IDX files (lq.data.idx)."
+    return load
+
+
 def _require_root(root: PathLike | None, name: str) -> PathLike:
     """Sources backed by files need to know where they are."""
     if root is None or str(root) == "":
@@ -546,7 +559,13 @@ def _require_root(root: PathLike | None, name: str) -> PathLike:
 
 
 SOURCES: Mapping[str, Loader] = MappingProxyType(
-    {"digits": _digits_loader, "cifar100": _cifar100_loader, "folder": _folder_loader}
+    {
+        "digits": _digits_loader,
+        "cifar100": _cifar100_loader,
+        "fashion_mnist": _idx_loader("fashion_mnist"),
+        "mnist": _idx_loader("mnist"),
+        "folder": _folder_loader,
+    }
 )
 
 

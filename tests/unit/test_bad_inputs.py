@@ -37,7 +37,7 @@ RAW = lqconfig.read_yaml(REPO_ROOT / "params.yaml")
 PARAMS = [
     ("seed", -1, "0 to 2**32-1"),
     ("seed", "123", "integer"),
-    ("data.source", "cifar10", "not one of ['digits', 'cifar100', 'folder']"),
+    ("data.source", "cifar10", "not one of ['digits', 'cifar100', 'fashion_mnist', 'mnist', 'folder']"),
     ("data.test_fraction", 0, "(0, 1)"),
     ("data.download", "yes", "true/false"),
     ("split.num_tasks", 0, "integer >= 1"),

@@ -86,7 +86,7 @@ def test_digits_rejects_bad_test_fraction(fraction: float) -> None:
 
 
 def test_unknown_source_lists_the_names() -> None:
-    with pytest.raises(LqError, match="cifar100, digits, folder"):
+    with pytest.raises(LqError, match="cifar100, digits, fashion_mnist, folder, mnist"):
         load_source("imagenet", root=None, seed=0, test_fraction=0.2, download=False)
 
 
