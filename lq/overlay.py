@@ -63,6 +63,9 @@ def write_through(path: str | Path, changes: list[tuple[str, Any, Any]]) -> None
     yaml = YAML()  # round trip
     yaml.preserve_quotes = True
     yaml.width = 4096
+    # ruamel writes None as an empty value; params.yaml spells it `null` (`train_per_class: null`)
+    yaml.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     data = yaml.load(path.read_text(encoding="utf-8"))
     for key, _, value in changes:
         *parents, last = key.split(".")

@@ -14,7 +14,7 @@ import pandas as pd
 from lq.errors import LqError
 from lq.io import read_table, task_count, write_json, write_table
 from lq.manifest import output_dir, verify_files
-from lq.tasks import sample_replay, select_classes, task_classes
+from lq.tasks import sample_replay, select_classes, subsample_per_class, task_classes
 
 log = logging.getLogger("lq")
 
@@ -30,11 +30,17 @@ def read_index(store_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     return index, classes
 
 
-def write_split(store_dir: Path, out: Path, *, num_tasks: int, diminish_rate: float, seed: int) -> list[list[int]]:
-    """Write train{t}/test{t} per task plus their unions train/test, and tasks.json."""
+def write_split(store_dir: Path, out: Path, *, num_tasks: int, diminish_rate: float, seed: int,
+                train_per_class: int | None = None) -> list[list[int]]:
+    """Write train{t}/test{t} per task plus their unions train/test, and tasks.json.
+
+    With `train_per_class`, the training images are first cut to a seeded, stratified subsample
+    of that many per class (test images never); tasks.json then records the number.
+    """
     index, classes = read_index(store_dir)
     tasks = task_classes(len(classes), num_tasks, diminish_rate, seed)
     parts = {s: index[index["split"] == s].reset_index(drop=True) for s in ("train", "test")}
+    parts["train"] = subsample_per_class(parts["train"], train_per_class, seed)
     with output_dir(out, "split") as tmp:
         for split, table in parts.items():
             for t, ids in enumerate(tasks):
@@ -45,6 +51,8 @@ def write_split(store_dir: Path, out: Path, *, num_tasks: int, diminish_rate: fl
             "classes": classes,
             "tasks": [[int(c) for c in ids] for ids in tasks],
             "num_tasks": num_tasks, "diminish_rate": diminish_rate, "seed": seed,
+            # only when set, so the split of a configuration without a subsample keeps its bytes
+            **({"train_per_class": train_per_class} if train_per_class is not None else {}),
         })
     log.info("%d tasks of %s classes -> %s", len(tasks), [len(t) for t in tasks], out)
     return [[int(c) for c in ids] for ids in tasks]

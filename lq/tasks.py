@@ -62,6 +62,26 @@ def task_classes(num_classes: int, num_tasks: int, diminish_rate: float, seed: i
     return tasks
 
 
+def subsample_per_class(table: pd.DataFrame, per_class: int | None, seed: int) -> pd.DataFrame:
+    """At most `per_class` rows of each label, drawn without replacement, in the table's order.
+
+    A class with fewer rows keeps them all; `None` keeps the whole table. Each class draws from its
+    own stream, seeded by (seed, label), so one class's size does not change another's sample.
+    """
+    if per_class is None:
+        return table
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise LqError(f"split.train_per_class = {per_class!r} is invalid: need an integer >= 1 or null")
+    keep = np.zeros(len(table), dtype=bool)
+    labels = table["label"].to_numpy()
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) > per_class:
+            rows = np.random.default_rng([seed, int(label)]).choice(rows, size=int(per_class), replace=False)
+        keep[rows] = True
+    return table[keep].reset_index(drop=True)
+
+
 def select_classes(table: pd.DataFrame, classes: Sequence[int]) -> pd.DataFrame:
     """Rows of `table` whose label is in `classes`, in the table's own order."""
     return table[table["label"].isin(set(int(c) for c in classes))].reset_index(drop=True)

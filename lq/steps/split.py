@@ -9,6 +9,7 @@ from lq.steps import step
 def main(argv: list[str]) -> int:
     def body(args, p) -> None:
         stream.write_split(args.store, args.split, num_tasks=p["split.num_tasks"],
-                           diminish_rate=p["split.diminish_rate"], seed=p["seed"])
+                           diminish_rate=p["split.diminish_rate"], seed=p["seed"],
+                           train_per_class=p["split.train_per_class"])
 
     return step("split", argv, __doc__, body)

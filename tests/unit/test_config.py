@@ -20,7 +20,7 @@ def test_paper_preset_is_the_papers_configuration():
     paper = lqconfig.resolve(RAW, [("preset", "paper")])
     assert paper["data"]["source"] == "cifar100"
     assert paper["model"]["arch"] == "resnet20"
-    assert paper["split"] == {"num_tasks": 3, "diminish_rate": 0.25}
+    assert paper["split"] == {"num_tasks": 3, "diminish_rate": 0.25, "train_per_class": None}
     assert paper["replay"]["replay_rate"] == 0.2
     assert (paper["qat8"]["weight_bits"], paper["qat8"]["act_bits"]) == (8, 8)
     assert paper["grid"]["bits"] == ["w4a4"] and paper["grid"]["method"] == ["lifequant"]

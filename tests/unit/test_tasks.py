@@ -13,6 +13,7 @@ from lq.tasks import (
     class_order,
     classes_per_task,
     sample_replay,
+    subsample_per_class,
     task_classes,
     training_pool,
 )
@@ -130,3 +131,41 @@ def test_training_pool_is_a_set_union():
     replay0 = pd.concat([_table(2, 0), _table(3, 1)], ignore_index=True)  # class 1 rows are already in train1
     pool = training_pool(train1, [replay0])
     assert class_counts(pool["label"]) == {0: 2, 1: 10, 2: 10}
+
+
+# --------------------------------------------------------------------------- training subsample
+
+
+def _labelled(counts: dict[int, int]) -> pd.DataFrame:
+    labels = [c for c, n in counts.items() for _ in range(n)]
+    order = np.random.default_rng(5).permutation(len(labels))  # classes interleaved, as in a real index
+    return pd.DataFrame({"image": [f"train/{labels[i]}/{i:03d}.png" for i in order],
+                         "label": [labels[i] for i in order]})
+
+
+def test_subsample_keeps_per_class_rows_in_table_order() -> None:
+    table = _labelled({0: 10, 1: 7, 2: 3})
+    kept = subsample_per_class(table, 4, seed=1)
+    assert kept["label"].value_counts().sort_index().tolist() == [4, 4, 3]  # class 2 has only 3: all kept
+    positions = [table.index[table["image"] == image][0] for image in kept["image"]]
+    assert positions == sorted(positions)  # a subsequence of the table
+    assert set(kept["image"]) <= set(table["image"])
+
+
+def test_subsample_is_seeded_and_one_class_does_not_move_another() -> None:
+    table = _labelled({0: 10, 1: 7})
+    first, again = subsample_per_class(table, 4, seed=1), subsample_per_class(table, 4, seed=1)
+    assert first.equals(again)
+    assert not first.equals(subsample_per_class(table, 4, seed=2))
+    # more rows of class 1 leave class 0's draw unchanged (each class draws from its own stream)
+    wider = pd.concat([table, pd.DataFrame({"image": ["train/1/extra.png"], "label": [1]})], ignore_index=True)
+    class0 = subsample_per_class(wider, 4, seed=1).query("label == 0")["image"].tolist()
+    assert class0 == first.query("label == 0")["image"].tolist()
+
+
+def test_subsample_none_keeps_everything_and_bad_sizes_are_refused() -> None:
+    table = _labelled({0: 3, 1: 2})
+    assert subsample_per_class(table, None, seed=0) is table
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(LqError, match="train_per_class"):
+            subsample_per_class(table, bad, seed=0)
