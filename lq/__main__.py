@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from lq import __version__
 from lq.memory import keep_freed_memory
@@ -31,6 +33,17 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+# Inductor's compiled kernels and graphs, kept in the workspace (ignored by git and DVC): every job
+# of a workspace, on this machine or on cluster nodes that share its file system, reuses what the
+# first compiled, instead of each machine's /tmp holding its own.
+COMPILE_CACHE = Path(".lq-cache") / "inductor"
+
+
+def share_compile_cache() -> None:
+    """Point Inductor's cache at the workspace's COMPILE_CACHE, unless the user chose another."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE.resolve()))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
@@ -44,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{usage()}\n\npython -m lq: error: {problem}", file=sys.stderr)
         return 2
     keep_freed_memory()  # a stage's process: reuse its step buffers instead of faulting them in again
+    share_compile_cache()
     module = importlib.import_module(f"lq.steps.{argv[0]}")
     return module.main(argv[1:])
 

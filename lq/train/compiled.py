@@ -1,4 +1,8 @@
-"""`train.compile`: torch.compile for a stage's full training batches, paid once per stage."""
+"""`train.compile`: torch.compile for a stage's full training batches, paid once per stage.
+
+`train.compile: auto` compiles a phase when its training work, epochs x images x pixels per image,
+reaches AUTO_COMPILE_PIXELS: below it, the one compilation costs more than the faster steps save.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,23 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+# The crossover measured on a 2-core CPU (bench/run.py compile; docs: speed): compiling a w4a4
+# ResNet-20 costs C seconds with the workspace's warm Inductor cache and saves s seconds per
+# training image of 28x28 pixels; auto compiles a phase whose work pays C back four times over.
+AUTO_COMPILE_PIXELS = 40_000_000
+
+
+def compiles(setting: bool | str, epochs: int, images: int, pixels: int) -> bool:
+    """Whether a phase of `epochs` over `images` images of `pixels` pixels each compiles.
+
+    `setting` is train.compile: true and false decide alone; `auto` compares the phase's work
+    with AUTO_COMPILE_PIXELS (the digits default, 8x8 images, never reaches it).
+    """
+    if setting == "auto":
+        return epochs * images * pixels >= AUTO_COMPILE_PIXELS
+    return bool(setting)
 
 
 class FullBatchCompile:

@@ -36,7 +36,7 @@ from lq.manifest import output_dir
 from lq.train import checkpoint, spec
 from lq.train.board import CURVE_COLUMNS, Board, write_curve
 from lq.train.checkpoint import ResumeDir
-from lq.train.compiled import FullBatchCompile
+from lq.train.compiled import FullBatchCompile, compiles
 from lq.train.data import Augment, Batches, load_bank, train_rows, with_label_noise
 from lq.train.device import describe, resolve_device, use_deterministic_kernels
 from lq.train.distributed import (World, all_reduce_sum, barrier, close, init_lazy_steps, init_world, shard,
@@ -227,7 +227,9 @@ class Engine:
             model.to(memory_format=torch.channels_last)
         bf16 = cuda and self.config.get("quant") is None
         forward = wrap(model, self.world)  # DDP under torchrun
-        if self.runtime.compile:
+        # decided on the whole phase, so a resumed run decides as the run it resumes did
+        _, height, width = self.bank.shape
+        if compiles(self.runtime.compile, schedule.epochs, len(ctx.rows), height * width):
             # Under torchrun an uneven last batch can leave one rank's slice at the full slice's
             # size and another's smaller: there every shape compiles, so all ranks run one kind of graph.
             forward = torch.compile(forward) if self.world.distributed else FullBatchCompile(forward, model)

@@ -16,7 +16,7 @@ class Runtime:
     eval_batch_size: int = 100
     augment: bool = True
     hflip: bool = False
-    compile: bool = False
+    compile: bool | str = False  # true | false | auto (lq.train.compiled.compiles)
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,42 @@ def test_compiled_w4a4_forward_and_first_step_match_eager():
     loss_eager.backward(), loss_compiled.backward()
     for (name, a), b in zip(eager.named_parameters(), compiled_net.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=TOL * a.grad.abs().max().item() + 1e-8), name
+
+
+DETERMINISM_CHILD = """
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from tests.integration.test_compile import TinyBatches, model
+from lq.methods import create_method
+from lq.train.compiled import FullBatchCompile
+from lq.train.engine import fit
+from lq.train.settings import Schedule
+net = model(4)
+fit(net, TinyBatches(), Schedule(epochs=2, lr=0.05, milestones=(), gamma=0.1, momentum=0.9, weight_decay=0.0),
+    [create_method("finetune")], history=[], forward=FullBatchCompile(net, net))
+torch.save(net.state_dict(), sys.argv[2])
+"""
+
+
+@pytest.mark.slow  # two Inductor compilations of the w4a4 graph (the second from the shared cache)
+def test_compiled_w4a4_training_is_the_same_run_to_run(tmp_path):
+    """Same seed, same compiled CPU run: bit-identical weights, in two processes that share one
+    Inductor cache (the first compiles, the second loads), as two jobs of a workspace do."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    states = []
+    for run in ("first", "second"):
+        out = tmp_path / f"{run}.pt"
+        subprocess.run([sys.executable, "-c", DETERMINISM_CHILD, str(REPO), str(out)], env=env, check=True,
+                       timeout=900)
+        states.append(torch.load(out))
+    assert states[0].keys() == states[1].keys()
+    for name, tensor in states[0].items():
+        assert torch.equal(tensor, states[1][name]), name
+    assert not torch.equal(states[0]["head.weight"], model(4).state_dict()["head.weight"])  # it trained

@@ -128,3 +128,31 @@ def test_the_engine_compiles_a_two_task_stage_once(tmp_path, monkeypatch):
     # the counting backend runs the captured graph as is: the same weights as eager training
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# --------------------------------------------------------------------------- train.compile: auto
+
+
+def test_auto_compiles_only_phases_whose_work_reaches_the_crossover() -> None:
+    from lq.train.compiled import AUTO_COMPILE_PIXELS, compiles
+
+    # the digits default's largest phase: 15 FP32 epochs over task 0's ~830 8x8 images
+    assert not compiles("auto", 15, 1437, 8 * 8)
+    # the fashion preset's FP32 phase: 15 epochs over task 0's 24,000 28x28 images; fashion-cpu's
+    # lifelong tasks (6 epochs over ~1,600-2,200 images) stay eager
+    assert compiles("auto", 15, 24_000, 28 * 28)
+    assert not compiles("auto", 6, 2_200, 28 * 28)
+    assert compiles("auto", 1, AUTO_COMPILE_PIXELS, 1) and not compiles("auto", 1, AUTO_COMPILE_PIXELS - 1, 1)
+    assert compiles(True, 1, 1, 1) and not compiles(False, 10**6, 10**6, 784)
+
+
+def test_the_workspace_shares_one_compile_cache(monkeypatch, tmp_path) -> None:
+    import lq.__main__ as entry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    entry.share_compile_cache()
+    assert entry.os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".lq-cache" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # a user's own choice wins
+    entry.share_compile_cache()
+    assert entry.os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
