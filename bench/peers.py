@@ -54,11 +54,13 @@ TASKS_TARGETS = ["data/store/MANIFEST.json", "data/split/MANIFEST.json", "data/r
 
 
 # --- the shared setting ---------------------------------------------------------------------------
-def make_stream(workdir: Path) -> Path:
-    """A scratch copy of the project at the shipped params.yaml (ResNet-20, digits, 3 tasks); its
-    own stages make the store, split, replay sets, class counts and the w8a8 init model."""
+def make_stream(workdir: Path, preset: str = "digits") -> Path:
+    """A scratch copy of the project at the shipped params.yaml (ResNet-20, 3 tasks) with `preset`;
+    its own stages make the store, split, replay sets, class counts and the w8a8 init model."""
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import IGNORE, PROJECT_FILES, tool_env  # the tests' notion of the project's files
+
+    from lq.overlay import write_through
 
     env = tool_env()
     root = workdir / "repo"
@@ -69,15 +71,16 @@ def make_stream(workdir: Path) -> Path:
         elif src.exists():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / name)
+    write_through(root / "params.yaml", [("preset", None, preset)])
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["snakemake", "--cores", "1", *TASKS_TARGETS]):
         subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
     return root
 
 
 def settings(root: Path, epochs: int) -> dict[str, Any]:
-    import yaml
+    from lq.config import read_yaml, resolve
 
-    p = yaml.safe_load((root / "params.yaml").read_text())
+    p = resolve(read_yaml(root / "params.yaml"), [])  # the preset applied
     t, ll = p["train"], p["lifelong"]
     init = root / "models/seed0/proxq/qat8.pt"
     q8 = QuantConfig.from_dict(checkpoint.load(init)["config"]["quant"])
@@ -291,7 +294,7 @@ def fp32_epoch(images: int = 2560, batch: int = 128, rounds: int = 2) -> dict:
             "data": "random uint8 32x32x3, 100 classes (synthetic)"}
 
 
-def compiled_finetune(s: dict, workdir: Path, bank: ImageBank, tests: list[torch.Tensor], eager: dict) -> dict:
+def compiled_finetune(s: dict, workdir: Path, bank: ImageBank, tests: list[torch.Tensor], eager: dict | None) -> dict:
     """lq `finetune` with `train.compile: true` (torch.compile, opt-in), twice: first with an empty
     Inductor cache (a fresh machine), then with Dynamo's in-memory cache dropped but Inductor's disk
     cache kept (any later stage on the same machine). The first epoch pays the stage's one
@@ -319,12 +322,15 @@ def compiled_finetune(s: dict, workdir: Path, bank: ImageBank, tests: list[torch
     first = {tag: statistics.median(run["epoch_s"][0] for run in runs[tag]) for tag in ("cold", "warm")}
     stage = {tag: statistics.median(run["stage_s"] for run in runs[tag]) for tag in ("cold", "warm")}
     R = matrix(runs["cold"][0]["models"], bank, tests)
-    return {"epoch_s": epoch, "avalanche_epoch_s": av_epoch, "avalanche_stage_s": av_stage,
+    eager_R = eager["lq_R"] if eager else matrix(runs["eager"][0]["models"], bank, tests)
+    av_R = matrix(runs["avalanche"][0]["models"], bank, tests)
+    return {"epoch_s": epoch, "eager_R": eager_R, "avalanche_R": av_R,
+            "eager_stage_ratio": av_stage / statistics.median(run["stage_s"] for run in runs["eager"]), "avalanche_epoch_s": av_epoch, "avalanche_stage_s": av_stage,
             "eager_epoch_s": eager_epoch, "eager_stage_s": statistics.median(run["stage_s"] for run in runs["eager"]),
             "epochs_s": {tag: [run["epoch_s"] for run in runs[tag]] for tag in ("cold", "warm")},
             "first_epoch_s": first, "compile_s": {tag: first[tag] - epoch for tag in first}, "stage_s": stage, "R": R,
             "repeatable": all(R == matrix(run["models"], bank, tests) for run in runs["warm"]),
-            "max_R_diff": max(abs(a - b) for ra, rb in zip(R, eager["lq_R"]) for a, b in zip(ra, rb)),
+            "max_R_diff": max(abs(a - b) for ra, rb in zip(R, eager_R) for a, b in zip(ra, rb)),
             "epoch_ratio": av_epoch / epoch, "speedup_over_eager": eager_epoch / epoch,
             "stage_ratio": {tag: av_stage / stage[tag] for tag in stage}}
 
@@ -375,6 +381,58 @@ def bench_peers(workdir: Path, epochs: int = 3, rounds: int = 2) -> dict:
         return out
     finally:
         torch.set_num_threads(threads)
+
+
+def bench_fashion(workdir: Path, epochs: int = 2) -> dict:
+    """The same comparison at Fashion-MNIST size (the `fashion-cpu` preset's stream: 28x28 images,
+    ~1,600-2,200 per task, batch 128): lq `finetune` eager and with `train.compile: true` (cold and
+    warm Inductor cache) against Avalanche `Naive`, alternating as in `compiled_finetune`; plus the
+    peak memory of this process (one side at a time holds its data and model)."""
+    import resource
+
+    import avalanche
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        made = time.perf_counter()
+        root = make_stream(workdir, preset="fashion-cpu")
+        made = time.perf_counter() - made
+        s = settings(root, epochs)
+        bank = load_bank(root / "data/store", torch.device("cpu"))
+        tests = [bank.rows(pd.read_csv(root / "data/split" / f"test{j}.csv")) for j in range(s["tasks"])]
+        compiled = compiled_finetune(s, workdir, bank, tests, None)
+        pools = [len(pd.read_csv(root / "data/split" / f"train{t}.csv")) for t in range(s["tasks"])]
+        return {"avalanche": avalanche.__version__, "threads": torch.get_num_threads(), "tasks": s["tasks"],
+                "epochs_per_task": epochs, "setup_s": made, "train_images_per_task": pools,
+                "batch_size": s["runtime"].batch_size, "finetune": compiled,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fashion_lines(f: dict) -> list[str]:
+    """The RESULTS.md section of the Fashion-size comparison."""
+    c, m = f["finetune"], f["machine"]
+    lines = ["", f"## Fashion-MNIST size: lq vs Avalanche {f['avalanche']} (`python bench/run.py fashion`)", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; measured {f['when']} (one run). The "
+             f"`fashion-cpu` stream ({f['tasks']} tasks of 28x28 images, {f['train_images_per_task']} training images "
+             f"per task before replay), w4a4 ProxQ ResNet-20 from the pipeline's qat8 model, {f['epochs_per_task']} "
+             f"epochs per task, batch {f['batch_size']}, lq `finetune` vs Avalanche `Naive`, {f['threads']} thread; "
+             "runs alternate (compiled cold, Avalanche, compiled warm, eager, eager, compiled warm, Avalanche). "
+             "Ratio = Avalanche / lq.", "", "| lq side | lq | Avalanche | ratio |", "|---|---|---|---|",
+             f"| eager: per epoch | {c['eager_epoch_s']:.2f} s | {c['avalanche_epoch_s']:.2f} s | "
+             f"{c['avalanche_epoch_s'] / c['eager_epoch_s']:.2f}x |",
+             f"| eager: whole stage | {c['eager_stage_s']:.1f} s | {c['avalanche_stage_s']:.1f} s | {c['eager_stage_ratio']:.2f}x |",
+             f"| compiled: per epoch after the first ({c['speedup_over_eager']:.2f}x eager lq's) | {c['epoch_s']:.2f} s | "
+             f"{c['avalanche_epoch_s']:.2f} s | {c['epoch_ratio']:.2f}x |"]
+    for cache in ("cold", "warm"):
+        lines.append(f"| compiled, {cache} Inductor cache: whole stage, compilation ({c['compile_s'][cache]:.1f} s) included | "
+                     f"{c['stage_s'][cache]:.1f} s | {c['avalanche_stage_s']:.1f} s | {c['stage_ratio'][cache]:.2f}x |")
+    lines += ["", f"Peak memory of the bench process: {f['peak_rss_mb']:.0f} MB. Accuracy matrices (same scoring):", ""]
+    for name, R in (("lq eager", c["eager_R"]), ("lq compiled", c["R"]), ("Avalanche Naive", c["avalanche_R"])):
+        lines.append(f"- {name}: " + " / ".join("[" + ", ".join(f"{v:.3f}" for v in row) + "]" for row in R))
+    return lines
 
 
 def report_lines(p: dict) -> list[str]:

@@ -15,6 +15,9 @@
 - peers:    lq vs Avalanche (the `bench` extra) on the same w4a4 ResNet-20 and digits stream:
             finetune vs Naive, ewc vs EWC, per-epoch and whole-stage time ratios and both accuracy
             matrices, plus one FP32 epoch at 32x32 (bench/peers.py).
+- fashion:  the same at Fashion-MNIST size (the `fashion-cpu` stream, 28x28, batch 128): lq
+            finetune eager and compiled (cold and warm Inductor cache) vs Avalanche Naive, per
+            epoch and per stage, compilation included; peak memory.
 
 A subset keeps the other sections of bench/results.json (each with the time it was measured).
 """
@@ -47,7 +50,7 @@ from lq.quant.config import QuantConfig  # noqa: E402
 from lq.quant.convert import quantize_model  # noqa: E402
 from lq.train.data import Augment, Batches, load_bank  # noqa: E402
 
-SECTIONS = ("data", "step", "alloc", "pipeline", "gpu", "peers")
+SECTIONS = ("data", "step", "alloc", "pipeline", "gpu", "peers", "fashion")
 MAIN_TABLE = ("data", "step", "alloc", "pipeline", "gpu")  # the rows of the first table (peers has its own)
 TARGETS = {"data": (">=", 20.0), "step": ("<=", 1.15), "snakemake_noop_s": ("<", 2.0), "dvc_status_s": ("<", 2.0),
            "e2e_s": ("<=", 180.0)}
@@ -327,6 +330,10 @@ def write_report(results: dict) -> None:
         from peers import report_lines
 
         lines += report_lines(results["peers"])
+    if "fashion" in results:
+        from peers import fashion_lines
+
+        lines += fashion_lines(results["fashion"])
     (REPO / "bench" / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
@@ -368,6 +375,15 @@ def main() -> int:
                   f"epoch beside it); stage ratio "
                   f"{c['stage_ratio']['cold']:.2f}x / {c['stage_ratio']['warm']:.2f}x and compile "
                   f"{c['compile_s']['cold']:.1f} / {c['compile_s']['warm']:.1f} s (cold / warm Inductor cache)", flush=True)
+        if "fashion" in args.which:
+            from peers import bench_fashion
+
+            fashion = bench_fashion(workdir / "fashion")
+            results["fashion"] = {**fashion, "machine": machine(), "when": results["when"]}
+            c = fashion["finetune"]
+            print(f"fashion: eager stage ratio {c['eager_stage_ratio']:.2f}x, compiled stage ratio "
+                  f"{c['stage_ratio']['cold']:.2f}x / {c['stage_ratio']['warm']:.2f}x (cold / warm), compiled epoch "
+                  f"ratio {c['epoch_ratio']:.2f}x, peak {fashion['peak_rss_mb']:.0f} MB", flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
     old = read_if(REPO / "bench" / "results.json")
     write_report(merged(results, args.which, json.loads(old) if old else {}))
