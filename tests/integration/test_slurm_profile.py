@@ -24,13 +24,17 @@ SINFO = "cpu* (null)\ngpu gpu:a100:4(S:0-1)\n"
 
 
 def _stand_in(folder: Path) -> Path:
-    """`sinfo` answering SINFO and an `sbatch` that writes its arguments to sbatch.log and refuses."""
+    """`sinfo` answering SINFO, an `sbatch` that writes its arguments to sbatch.log and refuses, and
+    silent `squeue` and `sacct`."""
     folder.mkdir()
     lines = SINFO.replace("\n", "\\n")
     (folder / "sinfo").write_text(f"#!/bin/sh\nprintf '{lines}'\n")
     (folder / "sbatch").write_text(f"#!/bin/sh\ncat > /dev/null\necho \"$@\" >> {folder / 'sbatch.log'}\n"
                                    "echo refused >&2\nexit 1\n")
-    for tool in ("sinfo", "sbatch"):
+    # the plugin refuses to start without a status command (on a machine without SLURM: none)
+    for tool in ("squeue", "sacct"):
+        (folder / tool).write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sinfo", "sbatch", "squeue", "sacct"):
         (folder / tool).chmod(0o755)
     return folder
 
@@ -45,7 +49,8 @@ def test_the_slurm_profile_asks_for_a_gpu_only_where_the_run_uses_one(data_run, 
                           "--slurm-init-seconds-before-status-checks", "1",  # else its shutdown waits 10 s
                           "--default-resources", f"slurm_partition={partition}", "--config", f"train={{device: {device}}}"],
                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0  # the stand-in refuses every job
+    assert out.returncode != 0, out.stdout + out.stderr  # the stand-in refuses every job
+    assert (fake / "sbatch.log").exists(), out.stdout[-3000:] + out.stderr[-3000:]
     [call] = (fake / "sbatch.log").read_text().splitlines()
     # the stage table's threads, memory and runtime; the GPU request as the device and partition say
     cpus = stage_by_name("pretrain").resources["cpus"]
