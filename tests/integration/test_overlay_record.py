@@ -30,6 +30,7 @@ def committed(data_run, tmp_path):
     return project
 
 
+@pytest.mark.long  # 73 s: make test ran 635 s on the 2-core machine of 2026-12-08 (CI runs make test-long too)
 def test_an_overlay_is_written_to_params_yaml_so_dvc_commit_records_what_ran(data_run, tmp_path):
     project = committed(data_run, tmp_path)
     params_before = (project / "params.yaml").read_text()
