@@ -26,8 +26,8 @@ test: setup
 # the end-to-end runs `make test` leaves out to stay under 10 minutes (marked `long`): INQ and pow2
 # through the pipeline, queued DVC experiments, the kills at a random moment, paths with spaces and
 # quotes, a 2-method x 2-seed grid run to its summary table and report, an overlay recorded by
-# dvc commit, the fashion-cpu preset from Debian's dataset-fashion-mnist (skipped without it;
-# .ci/run installs it); about 11 minutes on 2 cores.
+# dvc commit, a PTQ edit rerunning only the PTQ stages, the fashion-cpu preset from Debian's dataset-fashion-mnist (skipped without it;
+# .ci/run installs it); about 12 minutes on 2 cores.
 # Run by .ci/run after `make test`.
 test-long: setup
 	python -m pytest -q -m long

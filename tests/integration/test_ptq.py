@@ -54,6 +54,7 @@ def test_the_trained_runs_sweeps_reproduce_float_accuracy_and_leave_the_weights(
         assert digest == weights_digest(model)
 
 
+@pytest.mark.long  # 43 s: make test ran 608 s on the 2-core machine of 2026-12-08 (CI runs make test-long too)
 def test_a_ptq_edit_reruns_only_the_ptq_stages_in_both_tools(tmp_path, trained):
     """`trained` ran the PTQ stages through Snakemake; on a clone, an edit of `ptq.*` plans only
     them in Snakemake, and DVC (after adopting the run) reruns only them."""
