@@ -324,9 +324,10 @@ def compiled_finetune(s: dict, workdir: Path, bank: ImageBank, tests: list[torch
     R = matrix(runs["cold"][0]["models"], bank, tests)
     eager_R = eager["lq_R"] if eager else matrix(runs["eager"][0]["models"], bank, tests)
     av_R = matrix(runs["avalanche"][0]["models"], bank, tests)
-    return {"epoch_s": epoch, "eager_R": eager_R, "avalanche_R": av_R,
-            "eager_stage_ratio": av_stage / statistics.median(run["stage_s"] for run in runs["eager"]), "avalanche_epoch_s": av_epoch, "avalanche_stage_s": av_stage,
-            "eager_epoch_s": eager_epoch, "eager_stage_s": statistics.median(run["stage_s"] for run in runs["eager"]),
+    eager_stage = statistics.median(run["stage_s"] for run in runs["eager"])
+    return {"epoch_s": epoch, "eager_R": eager_R, "avalanche_R": av_R, "eager_stage_ratio": av_stage / eager_stage,
+            "avalanche_epoch_s": av_epoch, "avalanche_stage_s": av_stage, "eager_epoch_s": eager_epoch,
+            "eager_stage_s": eager_stage,
             "epochs_s": {tag: [run["epoch_s"] for run in runs[tag]] for tag in ("cold", "warm")},
             "first_epoch_s": first, "compile_s": {tag: first[tag] - epoch for tag in first}, "stage_s": stage, "R": R,
             "repeatable": all(R == matrix(run["models"], bank, tests) for run in runs["warm"]),

@@ -110,9 +110,11 @@ def load_idx(root: PathLike, rel: IdxRelease, *, download: bool) -> ImageStore:
     """The store of one IDX release in `root` (downloading missing files when allowed)."""
     root = Path(root)
     paths = _locate(root, rel, download=download)
-    content = {name: _file_bytes(path) for name, path in paths.items()}
+    content = {}
     for name, path in paths.items():
-        _verify(path, content[name], name, rel)
+        stored = path.read_bytes()
+        content[name] = _decompressed(path, stored)
+        _verify(path, stored, content[name], name, rel)
     raw_names = [name.replace("/", "_") for name in rel.classes]
     classes = tuple(sorted(raw_names))
     if len(set(classes)) != len(classes):
@@ -170,20 +172,20 @@ def _download(root: Path, name: str, rel: IdxRelease) -> Path:
     raise LqError(f"{rel.source}: cannot fetch {name}.gz from any mirror: " + "; ".join(errors))
 
 
-def _file_bytes(path: Path) -> bytes:
-    """The decompressed content of `path` (gunzipped when it ends in .gz)."""
-    data = path.read_bytes()
+def _decompressed(path: Path, stored: bytes) -> bytes:
+    """The content of `path`, whose bytes on disk are `stored` (gunzipped when it ends in .gz)."""
     if path.suffix != ".gz":
-        return data
+        return stored
     try:
-        return gzip.decompress(data)
+        return gzip.decompress(stored)
     except (OSError, EOFError, zlib.error) as exc:
         raise LqError(f"{path}: not a complete gzip file ({exc}); fetch it again") from exc
 
 
-def _verify(path: Path, data: bytes, name: str, rel: IdxRelease) -> None:
-    """Refuse a file that is not the published one (module docstring, step 2); `data` is its content."""
-    if path.suffix == ".gz" and _md5(path.read_bytes()) == rel.gz_md5[name]:
+def _verify(path: Path, stored: bytes, data: bytes, name: str, rel: IdxRelease) -> None:
+    """Refuse a file that is not the published one (module docstring, step 2): `stored` is its
+    bytes on disk, `data` its content."""
+    if path.suffix == ".gz" and _md5(stored) == rel.gz_md5[name]:
         return
     got = _md5(data)
     if got != rel.raw_md5[name]:

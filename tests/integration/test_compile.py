@@ -123,7 +123,7 @@ def test_compiled_w4a4_training_is_the_same_run_to_run(tmp_path):
         out = tmp_path / f"{run}.pt"
         subprocess.run([sys.executable, "-c", DETERMINISM_CHILD, str(REPO), str(out)], env=env, check=True,
                        timeout=900)
-        states.append(torch.load(out))
+        states.append(torch.load(out, weights_only=True))
     assert states[0].keys() == states[1].keys()
     for name, tensor in states[0].items():
         assert torch.equal(tensor, states[1][name]), name
